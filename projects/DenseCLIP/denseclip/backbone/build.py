@@ -1,0 +1,101 @@
+"""Builders registering CLIP image encoders (alone and with an FPN) with Detectron2."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch.nn as nn
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
+
+from ..clip_loading import create_clip_model
+from .clip_resnet import CLIPResNet
+from .clip_vit import CLIPViT
+from .norm import convert_norm
+
+
+def create_clip_from_config(cfg: CfgNode) -> nn.Module:
+    """The full open_clip model (image and text towers) that MODEL.CLIP describes, weights loaded."""
+    c = cfg.MODEL.CLIP
+    return create_clip_model(
+        c.MODEL_NAME,
+        pretrained=c.PRETRAINED,
+        quick_gelu=c.QUICK_GELU,
+        model_config_file=c.MODEL_CONFIG_FILE,
+        pretrained_sha256=c.PRETRAINED_SHA256,
+    )
+
+
+def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool) -> Backbone:
+    """Wrap open_clip's image tower as a bottom-up backbone."""
+    c = cfg.MODEL.CLIP
+    if isinstance(visual, ModifiedResNet):
+        return CLIPResNet(
+            visual,
+            out_features=c.OUT_FEATURES,
+            with_attention_pool=with_attention_pool,
+            norm=c.NORM,
+            freeze_at=c.FREEZE_AT,
+        )
+    if isinstance(visual, VisionTransformer):
+        backbone = CLIPViT(visual, out_features=c.OUT_FEATURES, scales=c.VIT_PYRAMID_SCALES,
+                           with_attention_pool=with_attention_pool)
+        if c.FREEZE_AT > 0:
+            raise ValueError("MODEL.CLIP.FREEZE_AT > 0 is only supported for CLIP ResNets")
+        # ViTs use LayerNorm; NORM only affects BatchNorm layers, none of which exist here.
+        return convert_norm(backbone, c.NORM)
+    raise ValueError(
+        f"MODEL.CLIP.MODEL_NAME '{c.MODEL_NAME}' has a {type(visual).__name__} image tower; "
+        "supported: ModifiedResNet (RN50, RN101, RN50x4) and VisionTransformer (ViT-B-16)"
+    )
+
+
+def build_clip_bottom_up(cfg: CfgNode, with_attention_pool: bool) -> Tuple[Backbone, nn.Module]:
+    """The CLIP image encoder as a Detectron2 backbone, plus the open_clip model it came from."""
+    clip_model = create_clip_from_config(cfg)
+    return wrap_clip_visual(cfg, clip_model.visual, with_attention_pool), clip_model
+
+
+def _check_input(input_shape: ShapeSpec) -> None:
+    if input_shape.channels not in (None, 3):
+        raise ValueError(f"CLIP backbones take 3-channel RGB input, got {input_shape.channels} channels")
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """CLIP image encoder alone (res2..res5 and, with MODEL.CLIP.WITH_ATTENTION_POOL, embeddings)."""
+    _check_input(input_shape)
+    return build_clip_bottom_up(cfg, cfg.MODEL.CLIP.WITH_ATTENTION_POOL)[0]
+
+
+def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: nn.Module) -> FPN:
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+def retinanet_top_block(cfg: CfgNode, res5_channels: int) -> LastLevelP6P7:
+    """P6/P7 computed from res5 (the reference's add_extra_convs='on_input')."""
+    return LastLevelP6P7(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """CLIP image encoder + FPN (P2-P6), for Mask R-CNN."""
+    bottom_up = build_clip_backbone(cfg, input_shape)
+    return fpn_on(cfg, bottom_up, LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """CLIP image encoder + FPN (P3-P7, P6 from res5), for RetinaNet."""
+    bottom_up = build_clip_backbone(cfg, input_shape)
+    return fpn_on(cfg, bottom_up, retinanet_top_block(cfg, bottom_up.output_shape()["res5"].channels))

@@ -1,0 +1,100 @@
+"""Config keys of the DenseCLIP project, added to a Detectron2 ``CfgNode`` by ``add_denseclip_config``."""
+from detectron2.config import CfgNode as CN
+
+# CLIP's pixel statistics (RGB, 0-255 scale), used by every config of this project.
+CLIP_PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
+
+
+def add_denseclip_config(cfg: CN) -> None:
+    """Add every key this project reads. Call it on ``get_cfg()`` before merging a YAML file."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- CLIP image/text towers
+    _C.MODEL.CLIP = CN()
+    # Any open_clip architecture name with a ModifiedResNet ("RN50", "RN101", "RN50x4") or a
+    # ViT ("ViT-B-16") vision tower.
+    _C.MODEL.CLIP.MODEL_NAME = "RN50"
+    # Optional JSON file with a custom open_clip architecture (registered under MODEL_NAME);
+    # used by the small CPU quickstart model.
+    _C.MODEL.CLIP.MODEL_CONFIG_FILE = ""
+    # "" = random init (nothing downloads); an open_clip pretrained tag such as "openai"; or a
+    # local file (OpenAI JIT archive, open_clip state dict, or .safetensors).
+    _C.MODEL.CLIP.PRETRAINED = ""
+    # OpenAI's CLIP weights were trained with QuickGELU in the text transformer.
+    _C.MODEL.CLIP.QUICK_GELU = True
+    # Optional sha256 of the local PRETRAINED file, checked before loading.
+    _C.MODEL.CLIP.PRETRAINED_SHA256 = ""
+    # "BN" (trainable BatchNorm), "SyncBN" (synchronised across processes when there are more than
+    # one, plain BN otherwise; the reference recipe) or "FrozenBN".
+    _C.MODEL.CLIP.NORM = "SyncBN"
+    # Stages (stem=1, res2=2, ...) frozen from the start; 0 trains everything (reference recipe).
+    _C.MODEL.CLIP.FREEZE_AT = 0
+    _C.MODEL.CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Keep the attention pool (needed for DenseCLIP's dense/global embeddings). The "CLIP baseline"
+    # configs drop it, as the paper's RN50-CLIP rows do.
+    _C.MODEL.CLIP.WITH_ATTENTION_POOL = False
+    # ViT only: strides of the simple feature pyramid built from the last block's tokens.
+    _C.MODEL.CLIP.VIT_PYRAMID_SCALES = [4.0, 2.0, 1.0, 0.5]
+
+    # ---------------------------------------------------------------- DenseCLIP
+    _C.MODEL.DENSECLIP = CN()
+    # Vocabulary; empty = thing_classes of the metadata of DATASETS.TRAIN[0].
+    _C.MODEL.DENSECLIP.CLASS_NAMES = []
+    # "learnable" (CoOp context vectors, the reference) or "template" (fixed text prompt).
+    _C.MODEL.DENSECLIP.PROMPT = "learnable"
+    _C.MODEL.DENSECLIP.N_CONTEXT = 8
+    _C.MODEL.DENSECLIP.TEMPLATE = "a photo of a {}."
+    # Tokens available for a class name (longer names are truncated, with a warning).
+    _C.MODEL.DENSECLIP.NAME_CONTEXT_LENGTH = 5
+    # Total text length fed to the text transformer ([SOT, ctx, name, EOT]); <= 77.
+    _C.MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH = 13
+
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER = CN()
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED = True
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH = 256
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.HEADS = 4
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.LAYERS = 3
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.DROPOUT = 0.1
+    _C.MODEL.DENSECLIP.CONTEXT_DECODER.GAMMA_INIT = 1e-4
+
+    # Fixed temperature of the pixel-text score maps.
+    _C.MODEL.DENSECLIP.TAU = 0.07
+    # Bottom-up feature the score maps are concatenated to.
+    _C.MODEL.DENSECLIP.SCORE_MAP_FEATURE = "res5"
+    # Weight of the auxiliary pixel-text loss; 0 disables it.
+    _C.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT = 1.0
+
+    # "language": classifiers whose weights are the text embeddings (open vocabulary);
+    # "stock": Detectron2's heads, as in the reference implementation.
+    _C.MODEL.DENSECLIP.HEAD = "language"
+    # Initial logit scale (1/temperature) of the language-guided classifiers, and whether it learns.
+    _C.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE = 20.0
+    _C.MODEL.DENSECLIP.LEARN_LOGIT_SCALE = True
+
+    # ---------------------------------------------------------------- solver (reference recipe)
+    _C.SOLVER.OPTIMIZER = "AdamW"
+    _C.SOLVER.BETAS = (0.9, 0.999)
+    # Learning-rate multipliers of the CLIP image encoder and of the text encoder (0 = frozen).
+    _C.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    _C.SOLVER.TEXT_ENCODER_MULTIPLIER = 0.0
+    # Clip the L2 norm of all gradients together (the reference clips the whole model at 0.1);
+    # <= 0 disables it. Detectron2's per-parameter SOLVER.CLIP_GRADIENTS remains available.
+    _C.SOLVER.FULL_MODEL_CLIP_GRAD_NORM = 0.1
+    # Steps expressed as fractions of MAX_ITER (8/12 and 11/12 for the 1x schedule); overrides
+    # SOLVER.STEPS when not empty.
+    _C.SOLVER.STEP_FRACTIONS = []
+
+    # ---------------------------------------------------------------- data
+    _C.DATASETS.SYNTHETIC = CN()
+    # Where the generated quickstart dataset lives (created on first use).
+    _C.DATASETS.SYNTHETIC.ROOT = "datasets/synthetic_shapes"
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 240
+    _C.DATASETS.SYNTHETIC.NUM_VAL = 60
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
+    _C.DATASETS.SYNTHETIC.SEED = 0
+
+    # ---------------------------------------------------------------- runtime
+    # Re-initialise vocabulary-dependent tensors when MODEL.WEIGHTS was trained with another number
+    # of classes, instead of failing.
+    _C.MODEL.REINIT_VOCABULARY_MISMATCH = False

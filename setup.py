@@ -1,0 +1,22 @@
+#!/usr/bin/env python
+"""DenseCLIP for Detectron2. Install with scripts/setup.sh (which also builds Detectron2)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="denseclip-detectron2",
+    version="0.1.0",
+    description="DenseCLIP (language-guided dense prediction with CLIP) for Detectron2",
+    packages=find_packages("projects/DenseCLIP", exclude=("tests",)),
+    package_dir={"": "projects/DenseCLIP"},
+    package_data={"denseclip": ["model_configs/*.json"]},
+    python_requires=">=3.9",
+    # Detectron2 and torch are installed by scripts/setup.sh (Detectron2 is not on PyPI); the exact
+    # versions of everything are pinned in requirements/lock.txt.
+    install_requires=[
+        "open_clip_torch==3.3.0",
+        "fvcore==0.1.5.post20221221",
+        "iopath==0.1.9",
+        "pycocotools==2.0.11",
+        "opencv-python-headless==4.12.0.88",
+    ],
+)
