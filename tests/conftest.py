@@ -44,3 +44,28 @@ def tiny_coco_root() -> Path:
     if not (root / "annotations" / "instances_val2017.json").is_file():
         pytest.skip(f"tiny_coco not found at {root} (set DENSECLIP_TINY_COCO)")
     return root
+
+
+def synthetic_batch(num_images: int = 2, size=(128, 160), num_classes: int = 3, seed: int = 0):
+    """Detectron2 training inputs: random images with 2 boxes each, box-shaped polygon masks."""
+    from detectron2.structures import Boxes, Instances, PolygonMasks
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = []
+    for i in range(num_images):
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
+        boxes = torch.tensor([[8.0, 10.0, w * 0.5, h * 0.6], [w * 0.4, h * 0.3, w - 6.0, h - 4.0]])
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(boxes)
+        instances.gt_classes = torch.tensor([i % num_classes, (i + 1) % num_classes])
+        instances.gt_masks = PolygonMasks(
+            [[[x0, y0, x1, y0, x1, y1, x0, y1]] for x0, y0, x1, y1 in boxes.tolist()]
+        )
+        batch.append({"image": image, "instances": instances, "height": h, "width": w})
+    return batch
+
+
+@pytest.fixture
+def make_batch() -> Callable:
+    return synthetic_batch

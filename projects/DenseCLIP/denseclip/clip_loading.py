@@ -146,6 +146,10 @@ def load_clip_weights(model: torch.nn.Module, path: str, expected_sha256: str = 
     # Checkpoints trained at another resolution carry a positional embedding of another grid size.
     resize_pos_embed(state_dict, model)
     own = model.state_dict()
+    # TorchScript archives also store non-persistent buffers (e.g. the text causal mask).
+    for name, _ in model.named_buffers():
+        if name not in own:
+            state_dict.pop(name, None)
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = [

@@ -71,6 +71,8 @@ def add_denseclip_config(cfg: CN) -> None:
     # Initial logit scale (1/temperature) of the language-guided classifiers, and whether it learns.
     _C.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE = 20.0
     _C.MODEL.DENSECLIP.LEARN_LOGIT_SCALE = True
+    # Dimension of the per-anchor embeddings of the language-guided RetinaNet head.
+    _C.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM = 128
 
     # ---------------------------------------------------------------- solver (reference recipe)
     _C.SOLVER.OPTIMIZER = "AdamW"
@@ -84,6 +86,8 @@ def add_denseclip_config(cfg: CN) -> None:
     # Steps expressed as fractions of MAX_ITER (8/12 and 11/12 for the 1x schedule); overrides
     # SOLVER.STEPS when not empty.
     _C.SOLVER.STEP_FRACTIONS = []
+    # Iterations between metric writes (console, metrics.json, TensorBoard); Detectron2 uses 20.
+    _C.SOLVER.LOG_PERIOD = 20
 
     # ---------------------------------------------------------------- data
     _C.DATASETS.SYNTHETIC = CN()

@@ -1,0 +1,195 @@
+"""Language-guided heads: classifiers whose weights are the (per-image) text embeddings, so the set
+of classes is whatever vocabulary the text encoder was given."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+
+from .denseclip_backbone import TEXT_EMBEDDINGS
+
+
+def clip_embed_dim(cfg: CfgNode) -> int:
+    """Dimension D of CLIP's joint embedding space for MODEL.CLIP.MODEL_NAME (no model is built)."""
+    if cfg.MODEL.CLIP.MODEL_CONFIG_FILE:
+        from ..clip_loading import register_model_config
+
+        register_model_config(cfg.MODEL.CLIP.MODEL_CONFIG_FILE)
+    model_cfg = open_clip.get_model_config(cfg.MODEL.CLIP.MODEL_NAME)
+    if model_cfg is None:
+        raise ValueError(f"MODEL.CLIP.MODEL_NAME '{cfg.MODEL.CLIP.MODEL_NAME}' is not an open_clip architecture")
+    return int(model_cfg["embed_dim"])
+
+
+class LogitScale(nn.Module):
+    """exp(s) with s = log(init); learnable or fixed, capped at 100 as in CLIP."""
+
+    def __init__(self, init: float, learnable: bool):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+
+class LanguageGuidedRetinaNetHead(RetinaNetHead):
+    """RetinaNet head whose class logits are cosine similarities between per-anchor embeddings and
+    projected text embeddings, times a logit scale, plus a bias initialised to the focal-loss prior.
+    Box regression and the conv towers are Detectron2's."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        cls_embed_dim: int = 128,
+        logit_scale: float = 20.0,
+        learn_logit_scale: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        num_anchors = self.cls_score.out_channels // kwargs["num_classes"]
+        in_channels = self.cls_score.in_channels
+        self.num_anchors = num_anchors
+        self.cls_embed_dim = cls_embed_dim
+        self.cls_score = nn.Conv2d(in_channels, num_anchors * cls_embed_dim, kernel_size=3, padding=1)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.zeros_(self.cls_score.bias)
+        self.text_proj = nn.Linear(text_dim, cls_embed_dim)
+        prior_prob = kwargs.get("prior_prob", 0.01)
+        self.cls_bias = nn.Parameter(torch.tensor(-math.log((1 - prior_prob) / prior_prob)))
+        self.logit_scale = LogitScale(logit_scale, learn_logit_scale)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: List[ShapeSpec]) -> Dict:
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            text_dim=clip_embed_dim(cfg),
+            cls_embed_dim=cfg.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM,
+            logit_scale=cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
+            learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
+        )
+        return ret
+
+    def forward(self, features: List[torch.Tensor], text_embeddings: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Returns per-level logits (N x A*K x H x W, anchor-major as Detectron2 expects) and deltas."""
+        text = F.normalize(self.text_proj(text_embeddings), dim=-1)
+        if text.dim() == 2:
+            text = text.unsqueeze(0).expand(features[0].shape[0], -1, -1)
+        scale = self.logit_scale()
+        logits, bbox_reg = [], []
+        for feature in features:
+            n, _, h, w = feature.shape
+            embed = self.cls_score(self.cls_subnet(feature)).view(n, self.num_anchors, self.cls_embed_dim, h, w)
+            embed = F.normalize(embed, dim=2)
+            cls = torch.einsum("baehw,bke->bakhw", embed, text.to(embed.dtype)) * scale + self.cls_bias
+            logits.append(cls.reshape(n, -1, h, w))
+            bbox_reg.append(self.bbox_pred(self.bbox_subnet(feature)))
+        return logits, bbox_reg
+
+
+class TextEmbeddingFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """Fast R-CNN predictor: region features projected to CLIP space, cosine logits against the text
+    embeddings of the image's vocabulary and a learned background embedding; class-agnostic boxes."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, text_dim: int, logit_scale: float = 20.0,
+                 learn_logit_scale: bool = True, **kwargs):
+        super().__init__(input_shape, **kwargs)
+        self.cls_score = nn.Linear(self.cls_score.in_features, text_dim)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.zeros_(self.cls_score.bias)
+        self.background_embedding = nn.Parameter(torch.randn(text_dim) * 0.02)
+        self.logit_scale = LogitScale(logit_scale, learn_logit_scale)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> Dict:
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            text_dim=clip_embed_dim(cfg),
+            logit_scale=cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
+            learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
+        )
+        return ret
+
+    def forward(self, x: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None,
+                num_per_image: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if text_embeddings is None:
+            raise ValueError("TextEmbeddingFastRCNNOutputLayers needs the text embeddings of the vocabulary")
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        region = F.normalize(self.cls_score(x), dim=-1)
+        background = F.normalize(self.background_embedding, dim=-1).to(region.dtype)
+        text = F.normalize(text_embeddings, dim=-1).to(region.dtype)
+        if text.dim() == 2:
+            classifiers = [torch.cat([text, background[None]], dim=0)]
+            chunks = [region]
+        else:
+            if num_per_image is None:
+                raise ValueError("per-image text embeddings need the number of regions of each image")
+            classifiers = [torch.cat([t, background[None]], dim=0) for t in text]
+            chunks = region.split(list(num_per_image))
+        scores = torch.cat([r @ c.t() for r, c in zip(chunks, classifiers)], dim=0) * self.logit_scale()
+        return scores, self.bbox_pred(x)
+
+
+@ROI_HEADS_REGISTRY.register()
+class DenseCLIPROIHeads(StandardROIHeads):
+    """Standard ROI heads; with MODEL.DENSECLIP.HEAD "language" the box classifier is the text
+    embeddings (from the backbone's output) and box/mask predictions are class-agnostic."""
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
+        if cfg.MODEL.DENSECLIP.HEAD == "language":
+            # Open vocabulary: per-class box deltas / masks cannot exist for classes unseen in training.
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+            cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
+    def _init_box_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
+        ret = super()._init_box_head(cfg, input_shape)
+        head = cfg.MODEL.DENSECLIP.HEAD
+        if head == "language":
+            ret["box_predictor"] = TextEmbeddingFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        elif head != "stock":
+            raise ValueError(f"MODEL.DENSECLIP.HEAD: expected 'language' or 'stock', got '{head}'")
+        return ret
+
+    @property
+    def language_guided(self) -> bool:
+        return isinstance(self.box_predictor, TextEmbeddingFastRCNNOutputLayers)
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if not self.language_guided:
+            return super()._forward_box(features, proposals)
+        box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
+        box_features = self.box_head(box_features)
+        predictions = self.box_predictor(box_features, features[TEXT_EMBEDDINGS], [len(p) for p in proposals])
+        del box_features
+        if self.training:
+            losses = self.box_predictor.losses(predictions, proposals)
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                    for proposals_per_image, boxes in zip(proposals, pred_boxes):
+                        proposals_per_image.proposal_boxes = Boxes(boxes)
+            return losses
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        return pred_instances
+
+    def set_num_classes(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.box_predictor.num_classes = num_classes

@@ -1,0 +1,292 @@
+"""Class-name prompts encoded by CLIP's frozen text transformer.
+
+DenseCLIP turns every class name into a text embedding with CLIP's text tower. The reference learns
+the prompt (CoOp style): a few context vectors are placed between the start-of-text token and the
+class-name tokens, and only those vectors are trained while the text transformer stays frozen.
+A fixed hand-written template ("a photo of a {}.") is offered as well; it is plain CLIP zero-shot
+text encoding.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from typing import List, Sequence, Set
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
+
+__all__ = ["FrozenCLIPText", "PromptTextEncoder"]
+
+logger = logging.getLogger(__name__)
+
+PROMPT_MODES = ("learnable", "template")
+_CLIP_TEXT_ATTRIBUTES = (
+    "token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer() -> SimpleTokenizer:
+    """CLIP's BPE tokenizer (the one ``open_clip.tokenize`` uses), built once per process."""
+    return SimpleTokenizer()
+
+
+class FrozenCLIPText(nn.Module):
+    """The text tower of an open_clip ``CLIP`` model, shortened to ``context_length`` and frozen.
+
+    The token embedding, transformer, final LayerNorm and text projection are the CLIP model's own
+    modules (shared, not copied), so weights loaded into the CLIP model are the weights used here.
+    Only the positional embedding is a copy, of its first ``context_length`` rows, because a
+    parameter cannot be a slice of another one. Every parameter is frozen (``requires_grad`` False):
+    DenseCLIP trains with a learning-rate multiplier of 0 on the text encoder.
+    """
+
+    def __init__(self, clip_model: nn.Module, context_length: int) -> None:
+        super().__init__()
+        missing = [name for name in _CLIP_TEXT_ATTRIBUTES if getattr(clip_model, name, None) is None]
+        if missing:
+            raise TypeError(
+                f"PromptTextEncoder needs an open_clip CLIP model with a built-in text transformer; "
+                f"{type(clip_model).__name__} lacks {', '.join(missing)} (CustomTextCLIP / HF text towers "
+                "are not supported)"
+            )
+        pool_type = getattr(clip_model, "text_pool_type", "argmax")
+        if pool_type != "argmax":
+            raise ValueError(
+                f"PromptTextEncoder pools the end-of-text token (text_pool_type 'argmax'); this CLIP model "
+                f"uses '{pool_type}'"
+            )
+        tokenizer = _clip_tokenizer()
+        vocab_size = getattr(clip_model, "vocab_size", tokenizer.vocab_size)
+        if vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"The CLIP model's vocabulary has {vocab_size} tokens but CLIP's BPE tokenizer has "
+                f"{tokenizer.vocab_size}; this text tower needs another tokenizer"
+            )
+        self.token_embedding = clip_model.token_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.positional_embedding = nn.Parameter(
+            clip_model.positional_embedding[:context_length].detach().clone()
+        )
+        # Causal mask: each token sees itself and earlier tokens, so padding after EOT is harmless.
+        self.register_buffer("attn_mask", clip_model.attn_mask[:context_length, :context_length].clone(),
+                             persistent=False)
+        self.requires_grad_(False)
+
+    @property
+    def width(self) -> int:
+        """Token embedding width of the text transformer (512 for RN50/RN101)."""
+        return self.token_embedding.embedding_dim
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text embedding space (1024 for RN50, 512 for RN101)."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection.out_features
+        return self.text_projection.shape[1]
+
+    def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Encode K sequences of token embeddings (K x L x width) and pool each at its EOT position.
+
+        Returns K x embed_dim text embeddings, as ``CLIP.encode_text`` computes them.
+        """
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = token_embeddings.to(cast_dtype) + self.positional_embedding.to(cast_dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        # LayerNorm acts per token, so normalising only the pooled token equals CLIP's order.
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+class PromptTextEncoder(nn.Module):
+    """Text embeddings of a vocabulary of class names, from prompts through CLIP's frozen text tower.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` model (e.g. ``open_clip.create_model("RN50")``). Its text
+            modules are shared and frozen in place (their ``requires_grad`` is set to False).
+        prompt: "learnable" (the reference): sequences [SOT, context x n_context, name tokens, EOT]
+            with learnable context vectors; or "template": ``template.format(name)`` encoded as
+            CLIP does for zero-shot classification, with no learnable context (n_context must be 0).
+        n_context: number of learnable context vectors (MODEL.DENSECLIP.N_CONTEXT).
+        template: text with one "{}" for the class name, used by prompt="template".
+        name_context_length: tokens a class name may use in "learnable" mode, counting its SOT and
+            EOT as the reference does (5 = SOT + 3 word tokens + EOT); longer names are truncated.
+        context_length: total text length fed to the transformer (13 in the reference, at most the
+            CLIP model's 77); the positional embedding is cut to this length.
+        context_init_std: standard deviation of the context vectors' initialisation, a normal
+            distribution truncated at two standard deviations. The reference calls
+            ``nn.init.trunc_normal_`` with its defaults, i.e. std 1.0 (CoOp uses normal std 0.02).
+
+    Attributes:
+        clip_text: the frozen CLIP text tower (:class:`FrozenCLIPText`). All CLIP text weights live
+            under this one attribute, so an optimizer can single them out by the name "clip_text".
+        context: the learnable context (n_context x width), or None in "template" mode.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        prompt: str = "learnable",
+        n_context: int = 8,
+        template: str = "a photo of a {}.",
+        name_context_length: int = 5,
+        context_length: int = 13,
+        context_init_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self._check_config(clip_model, prompt, n_context, template, name_context_length, context_length)
+        self.prompt = prompt
+        self.n_context = n_context
+        self.template = template
+        self.name_context_length = name_context_length
+        self.context_length = context_length
+        self.clip_text = FrozenCLIPText(clip_model, context_length)
+        if prompt == "learnable":
+            self.context = nn.Parameter(torch.empty(n_context, self.clip_text.width))
+            nn.init.trunc_normal_(self.context, std=context_init_std,
+                                  a=-2 * context_init_std, b=2 * context_init_std)
+        else:
+            self.register_parameter("context", None)
+        self._warned_truncations: Set[str] = set()
+
+    @staticmethod
+    def _check_config(
+        clip_model: nn.Module,
+        prompt: str,
+        n_context: int,
+        template: str,
+        name_context_length: int,
+        context_length: int,
+    ) -> None:
+        if prompt not in PROMPT_MODES:
+            raise ValueError(f"MODEL.DENSECLIP.PROMPT must be one of {PROMPT_MODES}, got '{prompt}'")
+        model_context_length = getattr(clip_model, "context_length", None)
+        if model_context_length is not None and context_length > model_context_length:
+            raise ValueError(
+                f"MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH ({context_length}) exceeds the CLIP model's "
+                f"context length ({model_context_length})"
+            )
+        if prompt == "template":
+            if n_context != 0:
+                raise ValueError(
+                    "MODEL.DENSECLIP.PROMPT 'template' has no learnable context: set "
+                    f"MODEL.DENSECLIP.N_CONTEXT to 0 (got {n_context})"
+                )
+            if context_length < 3:
+                raise ValueError(
+                    f"MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH ({context_length}) must leave room for SOT, "
+                    "at least one text token and EOT (>= 3)"
+                )
+            try:
+                formatted = template.format("x")
+            except (IndexError, KeyError, ValueError) as e:
+                raise ValueError(
+                    f"MODEL.DENSECLIP.TEMPLATE '{template}' must be a format string with '{{}}' fields: {e}"
+                ) from e
+            if formatted == template:
+                raise ValueError(f"MODEL.DENSECLIP.TEMPLATE '{template}' has no '{{}}' for the class name")
+            return
+        if n_context < 1:
+            raise ValueError(
+                f"MODEL.DENSECLIP.N_CONTEXT must be >= 1 for PROMPT 'learnable', got {n_context}"
+            )
+        if name_context_length < 3:
+            raise ValueError(
+                f"MODEL.DENSECLIP.NAME_CONTEXT_LENGTH ({name_context_length}) counts SOT and EOT and must "
+                "leave room for at least one name token (>= 3)"
+            )
+        if n_context + name_context_length > context_length:
+            raise ValueError(
+                f"MODEL.DENSECLIP.N_CONTEXT ({n_context}) + MODEL.DENSECLIP.NAME_CONTEXT_LENGTH "
+                f"({name_context_length}) must not exceed MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH "
+                f"({context_length})"
+            )
+
+    @property
+    def width(self) -> int:
+        """Token embedding width of the text transformer (the size of each context vector)."""
+        return self.clip_text.width
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension D of the output text embeddings (CLIP's joint embedding dimension)."""
+        return self.clip_text.embed_dim
+
+    @staticmethod
+    def validate_vocabulary(class_names: Sequence[str]) -> None:
+        """Reject vocabularies that would give a meaningless classifier: empty, non-text, blank or
+        duplicated names (duplicates compared as the tokenizer sees them: case and spacing ignored)."""
+        if len(class_names) == 0:
+            raise ValueError(
+                "vocabulary is empty: give class names (MODEL.DENSECLIP.CLASS_NAMES or the dataset's "
+                "thing_classes)"
+            )
+        bad = [repr(name) for name in class_names if not isinstance(name, str) or not name.strip()]
+        if bad:
+            raise ValueError(f"class names must be non-blank strings; invalid: {', '.join(bad)}")
+        counts = Counter(" ".join(name.lower().split()) for name in class_names)
+        duplicates = sorted(name for name, count in counts.items() if count > 1)
+        if duplicates:
+            raise ValueError(
+                f"duplicate class names in the vocabulary (case and spacing ignored): {', '.join(duplicates)}"
+            )
+
+    def tokenize(self, class_names: Sequence[str]) -> torch.LongTensor:
+        """Token ids of the prompts, K x context_length, laid out exactly as the transformer sees them.
+
+        "learnable": [SOT, 0 x n_context, name tokens, EOT, 0...]; the zeros are placeholders that
+        ``forward`` replaces by the context vectors. "template": [SOT, template tokens, EOT, 0...],
+        identical to ``open_clip.tokenize(texts, context_length)``. EOT has the largest id, so
+        ``argmax`` of a row is its EOT position. Text that does not fit is truncated, EOT kept last,
+        with one warning per class name.
+        """
+        self.validate_vocabulary(class_names)
+        tokenizer = _clip_tokenizer()
+        if self.prompt == "learnable":
+            texts = list(class_names)
+            max_text_tokens = self.name_context_length - 2
+            budget_key = "MODEL.DENSECLIP.NAME_CONTEXT_LENGTH"
+        else:
+            texts = [self.template.format(name) for name in class_names]
+            max_text_tokens = self.context_length - 2
+            budget_key = "MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH"
+        ids = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, (name, text) in enumerate(zip(class_names, texts)):
+            text_tokens = tokenizer.encode(text)
+            if not text_tokens:
+                raise ValueError(f"class name {name!r} produces no tokens")
+            if len(text_tokens) > max_text_tokens:
+                self._warn_truncation(name, text, len(text_tokens), max_text_tokens, budget_key)
+                text_tokens = text_tokens[:max_text_tokens]
+            sequence = [tokenizer.sot_token_id, *[0] * self.n_context, *text_tokens, tokenizer.eot_token_id]
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+        return ids
+
+    def _warn_truncation(self, name: str, text: str, n_tokens: int, max_tokens: int, budget_key: str) -> None:
+        # forward() runs every iteration: warn once per class name, not once per call.
+        if name in self._warned_truncations:
+            return
+        self._warned_truncations.add(name)
+        logger.warning(
+            "Class name %r: prompt %r has %d tokens, only %d fit (%s); it is truncated",
+            name, text, n_tokens, max_tokens, budget_key,
+        )
+
+    def forward(self, class_names: List[str]) -> torch.Tensor:
+        """Text embeddings of ``class_names``, K x embed_dim, not normalised.
+
+        Gradients reach only ``context``; the text tower is frozen. The vocabulary may differ from
+        call to call (e.g. a new vocabulary at inference).
+        """
+        ids = self.tokenize(class_names).to(self.clip_text.token_embedding.weight.device)
+        embeddings = self.clip_text.token_embedding(ids)
+        if self.context is not None:
+            context = self.context.to(embeddings.dtype).unsqueeze(0).expand(len(class_names), -1, -1)
+            embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
+        return self.clip_text(embeddings, ids.argmax(dim=-1))
