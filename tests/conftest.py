@@ -69,3 +69,23 @@ def synthetic_batch(num_images: int = 2, size=(128, 160), num_classes: int = 3, 
 @pytest.fixture
 def make_batch() -> Callable:
     return synthetic_batch
+
+
+def shapes_batch(root, num_images: int = 2, image_size: int = 128, seed: int = 0):
+    """Training inputs from the generated synthetic-shapes dataset (learnable, unlike noise)."""
+    import numpy as np
+    from detectron2.data import detection_utils
+    from detectron2.data.datasets import load_coco_json
+
+    from denseclip.data import generate_synthetic_dataset
+
+    paths = generate_synthetic_dataset(str(root), num_train=num_images, num_val=1, image_size=image_size, seed=seed)
+    batch = []
+    for record in load_coco_json(paths["train_json"], paths["train_image_root"]):
+        image = detection_utils.read_image(record["file_name"], format="RGB")
+        for anno in record["annotations"]:  # the json's category ids are 1..N; classes are 0..N-1
+            anno["category_id"] -= 1
+        instances = detection_utils.annotations_to_instances(record["annotations"], image.shape[:2])
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        batch.append({"image": tensor, "instances": instances, "height": image.shape[0], "width": image.shape[1]})
+    return batch

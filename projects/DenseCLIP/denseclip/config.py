@@ -97,6 +97,8 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC.NUM_VAL = 60
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Extra COCO-format datasets to register, as "name=path/to/instances.json:path/to/images".
+    _C.DATASETS.REGISTER = []
 
     # ---------------------------------------------------------------- runtime
     # Re-initialise vocabulary-dependent tensors when MODEL.WEIGHTS was trained with another number
