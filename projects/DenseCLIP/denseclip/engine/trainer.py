@@ -1,0 +1,335 @@
+"""Training entry points: the ``Trainer``, config ``setup`` and the command-line parser.
+
+``Trainer`` is Detectron2's ``DefaultTrainer`` with the DenseCLIP recipe (optimizer, schedule),
+crash-safe checkpoints, COCO evaluation without the C++ extension, CPU multi-process DDP, and
+visible AMP overflow skips. ``setup`` turns config mistakes into errors that name the file and key.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup
+from detectron2.engine import default_argument_parser as d2_default_argument_parser
+from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import hooks
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.layers import NaiveSyncBatchNorm
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_denseclip_config
+from ..data import RobustDatasetMapper, register_datasets_from_spec
+from ..evaluation import build_coco_evaluator
+from .checkpoint import AtomicDetectionCheckpointer
+from .optimizer import build_lr_scheduler, build_optimizer
+
+__all__ = [
+    "ConfigError",
+    "GradScalerOverflowLogger",
+    "Trainer",
+    "default_argument_parser",
+    "merge_config_file",
+    "merge_overrides",
+    "register_dataset_specs",
+    "setup",
+]
+
+logger = logging.getLogger(__name__)
+
+# What yacs raises for an unknown key (KeyError), a value of the wrong type (ValueError), an odd
+# override list (AssertionError), and what YAML parsing raises.
+_CONFIG_ERRORS = (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema of ``add_denseclip_config``."""
+
+
+def _reason(e: BaseException) -> str:
+    # str(KeyError) wraps the message in quotes; use the message itself.
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
+def _sync_bn_to_naive(module: nn.Module) -> int:
+    """Replace ``nn.SyncBatchNorm`` (which PyTorch only runs on GPUs; DDP rejects it on CPU) by
+    Detectron2's ``NaiveSyncBatchNorm``, which synchronises the same statistics with all_reduce and so
+    also works over gloo. Call before the optimizer is built: parameters are new objects. Returns
+    how many layers were replaced."""
+    replaced = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            new = NaiveSyncBatchNorm(
+                child.num_features,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
+            new.load_state_dict(child.state_dict())
+            for p_new, p_old in zip(new.parameters(), child.parameters()):
+                p_new.requires_grad_(p_old.requires_grad)
+            new.train(child.training)
+            setattr(module, name, new)
+            replaced += 1
+        else:
+            replaced += _sync_bn_to_naive(child)
+    return replaced
+
+
+class GradScalerOverflowLogger(HookBase):
+    """Make AMP's silently skipped optimizer steps visible.
+
+    ``GradScaler`` skips the step and halves the loss scale when gradients overflow; without a
+    trace, a run that skips most steps just looks like one that does not learn. Logs a warning per
+    skip and records ``amp/loss_scale`` and ``amp/skipped_steps`` in the event storage.
+    """
+
+    def __init__(self, grad_scaler: Any) -> None:
+        self._grad_scaler = grad_scaler
+        self._scale: Optional[float] = None
+        self.skipped = 0
+
+    def before_train(self) -> None:
+        self._scale = self._grad_scaler.get_scale()
+
+    def after_step(self) -> None:
+        scale = self._grad_scaler.get_scale()
+        if self._scale is not None and scale < self._scale:
+            self.skipped += 1
+            logger.warning(
+                f"AMP: inf/NaN gradients at iteration {self.trainer.iter}: optimizer step skipped, "
+                f"loss scale {self._scale:g} -> {scale:g} ({self.skipped} skipped step(s) so far)"
+            )
+        self._scale = scale
+        self.trainer.storage.put_scalar("amp/loss_scale", scale, smoothing_hint=False)
+        self.trainer.storage.put_scalar("amp/skipped_steps", self.skipped, smoothing_hint=False)
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for DenseCLIP.
+
+    ``__init__`` re-does DefaultTrainer's assembly (same order: model, optimizer, data, DDP, step
+    trainer, scheduler, checkpointer, hooks) because three of its pieces are fixed inside it in
+    v0.6: DDP always gets a CUDA ``device_ids`` (fails for CPU processes), AMP always asserts CUDA,
+    and the checkpointer is not atomic. Checkpoints also carry the optimizer state (v0.6 drops it).
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup() was not called
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        if next(model.parameters()).device.type == "cpu" and torch.set_flush_denormal(True):
+            # Tiny warm-up learning rates and randomly initialised layers produce subnormal floats,
+            # on which x86 CPU kernels run tens of times slower (seen: 0.4 s -> 20 s/iteration).
+            logger.info("CPU training: subnormal floats are flushed to zero")
+        model = self._wrap_ddp(model)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Also the step trainer's state (optimizer, AMP gradient scaler): v0.6's DefaultTrainer
+        saves only the iteration and hook states, so ``--resume`` restarted AdamW's moments from
+        zero. Same layout ("_trainer") as upstream Detectron2."""
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("Checkpoint has no optimizer state (saved by Detectron2 v0.6's DefaultTrainer)")
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """Detectron2's ``build_model``; for CPU multi-process runs, SyncBN layers become
+        ``NaiveSyncBatchNorm`` so that the reference's synchronised BN works over gloo."""
+        model = super().build_model(cfg)
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            replaced = _sync_bn_to_naive(model)
+            if replaced:
+                logger.info(f"CPU processes: {replaced} SyncBatchNorm layers -> NaiveSyncBatchNorm (gloo)")
+        return model
+
+    @staticmethod
+    def _wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+        """DDP when there are several processes; CPU modules must get no ``device_ids``."""
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        return create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+
+    @classmethod
+    def build_step_trainer(
+        cls, cfg: CfgNode, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer
+    ) -> SimpleTrainer:
+        """Detectron2's ``AMPTrainer`` (float16 autocast + gradient scaler) when SOLVER.AMP.ENABLED
+        and the model is on CUDA; otherwise ``SimpleTrainer``. v0.6's AMPTrainer asserts CUDA, so on
+        CPU AMP is turned off with a warning instead of crashing at the first iteration."""
+        if cfg.SOLVER.AMP.ENABLED:
+            if next(model.parameters()).device.type == "cuda":
+                return AMPTrainer(model, data_loader, optimizer)
+            logger.warning(
+                "SOLVER.AMP.ENABLED is ignored: Detectron2's AMPTrainer needs CUDA; training in float32"
+            )
+        return SimpleTrainer(model, data_loader, optimizer)
+
+    @classmethod
+    def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module, **checkpointables: Any) -> AtomicDetectionCheckpointer:
+        """The crash-safe checkpointer, with MODEL.REINIT_VOCABULARY_MISMATCH as mismatch policy."""
+        return AtomicDetectionCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            reinit_mismatched=cfg.MODEL.REINIT_VOCABULARY_MISMATCH,
+            **checkpointables,
+        )
+
+    def build_hooks(self) -> List[HookBase]:
+        """Detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations, and the AMP overflow log."""
+        ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.PeriodicWriter):
+                # Same writers (already opened by DefaultTrainer), another period.
+                ret[i] = hooks.PeriodicWriter(hook._writers, period=self.cfg.SOLVER.LOG_PERIOD)
+        grad_scaler = getattr(self._trainer, "grad_scaler", None)
+        if grad_scaler is not None:
+            ret.insert(1, GradScalerOverflowLogger(grad_scaler))
+        return ret
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Iterable:
+        """Detectron2's loader with the data package's ``RobustDatasetMapper``, which skips
+        unreadable images and repairs bad annotations instead of killing a long run."""
+        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
+        return build_detection_test_loader(cfg, dataset_name, mapper=RobustDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+
+# ---------------------------------------------------------------------------------- setup
+def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Detectron2's parser (--config-file, --resume, --eval-only, --num-gpus, --num-machines,
+    --machine-rank, --dist-url, trailing KEY VALUE overrides) plus ``--dataset``."""
+    parser = d2_default_argument_parser(epilog)
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=JSON:IMAGE_ROOT",
+        help="register a COCO-format dataset under NAME (repeatable); use it in DATASETS.TRAIN/TEST",
+    )
+    return parser
+
+
+def merge_config_file(cfg: CfgNode, path: str) -> None:
+    """``cfg.merge_from_file`` whose errors name the file: yacs reports an unknown key or a value of
+    the wrong type without saying which file (or ``_BASE_`` chain) it came from."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file '{path}' does not exist")
+    try:
+        cfg.merge_from_file(path)
+    except _CONFIG_ERRORS as e:
+        raise ConfigError(f"Invalid config file '{path}' (or one of its _BASE_ files): {_reason(e)}") from e
+
+
+def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """``cfg.merge_from_list`` for KEY VALUE pairs, with errors that say they come from them."""
+    try:
+        cfg.merge_from_list(list(opts))
+    except _CONFIG_ERRORS as e:
+        raise ConfigError(f"Invalid config override(s) {list(opts)}: {_reason(e)}") from e
+
+
+def register_dataset_specs(specs: Sequence[str]) -> None:
+    """Register ``NAME=JSON:IMAGE_ROOT`` datasets (exact repeats, e.g. the same spec in --dataset and
+    DATASETS.REGISTER, once). The data package validates the json, and refuses a name that is
+    already registered with other files instead of silently using the old one."""
+    if specs:
+        register_datasets_from_spec(list(dict.fromkeys(specs)))
+
+
+def _collect_env_info_tolerant() -> str:
+    """``collect_env_info`` for builds whose ``detectron2._C`` is a stub without its helper
+    functions (the C++-less build of this project): there it raises AttributeError, which would
+    abort ``default_setup`` before training starts."""
+    try:
+        return collect_env_info()
+    except AttributeError as e:
+        return f"(environment details unavailable: detectron2 built without its C++ extension: {e})"
+
+
+def _default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """Detectron2's ``default_setup`` with :func:`_collect_env_info_tolerant` in place."""
+    original = d2_defaults.collect_env_info
+    d2_defaults.collect_env_info = _collect_env_info_tolerant
+    try:
+        default_setup(cfg, args)
+    finally:
+        d2_defaults.collect_env_info = original
+
+
+def _make_deterministic(cfg: CfgNode) -> None:
+    """With a fixed SEED, ask PyTorch for deterministic kernels so that CPU runs repeat their losses
+    bit for bit (``default_setup`` already seeds Python, NumPy and torch with SEED + rank). On GPU
+    this is not enforced: it would need CUBLAS_WORKSPACE_CONFIG and slow training down."""
+    torch.backends.cudnn.benchmark = False
+    if cfg.MODEL.DEVICE == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        logger.info("SEED is set; GPU runs are seeded but not bitwise reproducible")
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Frozen config for ``args`` (config file, then KEY VALUE overrides), datasets registered from
+    ``args.dataset`` and DATASETS.REGISTER, logging/output dir/seeding by ``default_setup``, plus
+    the "denseclip" logger."""
+    cfg = get_cfg()
+    add_denseclip_config(cfg)
+    if args.config_file:
+        merge_config_file(cfg, args.config_file)
+    merge_overrides(cfg, args.opts or [])
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # Detectron2's default device is "cuda"; the CPU quickstart should not need an override.
+        logging.getLogger("denseclip").warning("CUDA is not available: MODEL.DEVICE cuda -> cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    register_dataset_specs(list(getattr(args, "dataset", None) or []) + list(cfg.DATASETS.REGISTER))
+    _default_setup(cfg, args)
+    # default_setup only configures the "detectron2" and "fvcore" loggers.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
+    if cfg.SEED >= 0:
+        _make_deterministic(cfg)
+    return cfg
+

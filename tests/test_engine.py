@@ -1,0 +1,586 @@
+"""Training engine: optimizer recipe, schedule, checkpoints, launcher and train_net.py end to end.
+
+Everything runs on CPU with random CLIP weights and a tiny COCO-format dataset generated here.
+"""
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import SimpleTrainer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from denseclip.engine import (
+    IMAGE_ENCODER_PREFIXES,
+    AtomicDetectionCheckpointer,
+    ConfigError,
+    GradScalerOverflowLogger,
+    IncompatibleCheckpointError,
+    Trainer,
+    build_lr_scheduler,
+    build_optimizer,
+    default_argument_parser,
+    merge_config_file,
+    merge_overrides,
+    resolve_step_fractions,
+    setup,
+)
+from denseclip.evaluation import build_coco_evaluator, fast_coco_eval_available
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RETINANET = "COCO/retinanet_clip_R50_FPN_1x.yaml"
+MASK_RCNN = "COCO/mask_rcnn_clip_R50_FPN_1x.yaml"
+CATEGORIES = [{"id": 1, "name": "red box"}, {"id": 2, "name": "blue box"}]
+
+# Small inputs, 2 classes, metrics written every iteration, no data-loader worker processes.
+TINY_OPTS = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.RETINANET.NUM_CLASSES", "2", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+    "SOLVER.LOG_PERIOD", "1", "SOLVER.WARMUP_ITERS", "2",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+]
+
+
+# ------------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _restore_flush_denormal():
+    """Trainer turns on flush-to-zero for CPU training (process-wide); keep other test modules on
+    PyTorch's default."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+def write_tiny_coco(root: Path, num_images: int = 4, seed: int = 0) -> Path:
+    """Random-noise images with two rectangles each (boxes and polygons), as a COCO json."""
+    rng = np.random.RandomState(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
+    for i in range(num_images):
+        h, w = 96, 128
+        cv2.imwrite(str(root / "images" / f"{i:03d}.jpg"), rng.randint(0, 255, (h, w, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": f"{i:03d}.jpg", "height": h, "width": w})
+        for cat in CATEGORIES:
+            x, y = int(rng.randint(0, 60)), int(rng.randint(0, 40))
+            bw, bh = int(rng.randint(20, 60)), int(rng.randint(20, 50))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": cat["id"],
+                "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0,
+                "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]],
+            })
+    json_file = root / "annotations.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    return json_file
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny_coco")
+    json_file = write_tiny_coco(root)
+    spec = {"json": str(json_file), "images": str(root / "images")}
+    # In-process tests use the dataset under these names; train_net.py gets --dataset specs.
+    for name in ("engine_tiny_train", "engine_tiny_val"):
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, spec["json"], spec["images"])
+    return spec
+
+
+def dataset_args(data: Dict[str, str]) -> List[str]:
+    return [
+        "--dataset", f"engine_tiny_train={data['json']}:{data['images']}",
+        "--dataset", f"engine_tiny_val={data['json']}:{data['images']}",
+    ]
+
+
+def run_train_net(args: Sequence[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_net.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=str(REPO_ROOT),
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, f"train_net.py failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def train_args(data: Dict[str, str], out: Path, *extra: str, config: str = RETINANET) -> List[str]:
+    return [
+        "--config-file", str(REPO_ROOT / "configs" / config), "--dist-url", "auto", *dataset_args(data),
+        "MODEL.CLIP.PRETRAINED", "", *TINY_OPTS,
+        "DATASETS.TRAIN", "('engine_tiny_train',)", "OUTPUT_DIR", str(out), *extra,
+    ]
+
+
+def read_metrics(out: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+
+
+def training_metrics(out: Path) -> List[Dict[str, Any]]:
+    return [m for m in read_metrics(out) if "total_loss" in m]
+
+
+def assert_state_equal(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            assert_state_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_state_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+class ToyCLIPDetector(nn.Module):
+    """Names like the real models: an image encoder under ``backbone.bottom_up``, a text tower,
+    learnable context, a positional embedding, a gamma, norm layers and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.bottom_up = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.backbone.fpn_lateral = nn.Conv2d(4, 4, 1)
+        self.text_encoder = nn.Module()
+        self.text_encoder.proj = nn.Linear(4, 4)
+        self.text_encoder.positional_embedding = nn.Parameter(torch.randn(5, 4))
+        self.text_encoder.context = nn.Parameter(torch.randn(8, 4))  # learnable prompt
+        self.gamma = nn.Parameter(torch.full((4,), 1e-4))
+        self.context_decoder = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+
+
+def lr_and_wd(optimizer: torch.optim.Optimizer) -> Dict[nn.Parameter, Dict[str, float]]:
+    return {p: {"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups for p in g["params"]}
+
+
+# ------------------------------------------------------------------------------- optimizer
+def test_param_groups_of_a_real_model(make_cfg):
+    cfg = make_cfg(MASK_RCNN, ["MODEL.CLIP.FREEZE_AT", "2", "SOLVER.WEIGHT_DECAY", "1e-4", *TINY_OPTS])
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+    groups = lr_and_wd(optimizer)
+    base = cfg.SOLVER.BASE_LR
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen, "FREEZE_AT 2 should freeze the stem"
+    norm_params = {
+        id(p) for m in model.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+        for p in m.parameters(recurse=False)
+    }
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p not in groups, f"frozen {name} is in the optimizer"
+            continue
+        hyper = groups[p]
+        expected_lr = base * (0.1 if name.startswith(IMAGE_ENCODER_PREFIXES) else 1.0)
+        assert hyper["lr"] == pytest.approx(expected_lr), name
+        if id(p) in norm_params or (p.ndim <= 1 and not name.endswith("bias")):
+            assert hyper["weight_decay"] == 0.0, name
+        else:
+            assert hyper["weight_decay"] == pytest.approx(1e-4), name
+    assert any(n.startswith("backbone.bottom_up.") for n, p in model.named_parameters() if p.requires_grad)
+    # Groups are merged by hyper-parameters, not one per tensor.
+    assert len(optimizer.param_groups) <= 8
+
+
+def test_param_groups_of_a_denseclip_model(make_cfg):
+    cfg = make_cfg("Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml", ["SOLVER.BACKBONE_MULTIPLIER", "0.1"])
+    model = build_model(cfg)
+    groups = lr_and_wd(build_optimizer(cfg, model))
+    base = cfg.SOLVER.BASE_LR
+    named = dict(model.named_parameters())
+    assert groups[named["backbone.text_encoder.context"]] == {"lr": pytest.approx(base), "weight_decay": 0.0}
+    assert groups[named["backbone.gamma"]]["weight_decay"] == 0.0
+    assert groups[named["backbone.image_encoder.visual.attnpool.positional_embedding"]] == {
+        "lr": pytest.approx(0.1 * base), "weight_decay": 0.0}
+    tower = [n for n in named if n.startswith("backbone.text_encoder.clip_text.")]
+    assert tower and all(named[n] not in groups for n in tower)
+    decoder = [n for n in named if n.startswith("backbone.context_decoder.") and n.endswith("weight")
+               and named[n].ndim == 2]
+    assert decoder and all(groups[named[n]]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY for n in decoder)
+
+
+def test_text_encoder_multiplier_and_embeddings(make_cfg):
+    cfg = make_cfg(RETINANET, ["SOLVER.WEIGHT_DECAY", "0.05"])
+    model = ToyCLIPDetector()
+    groups = lr_and_wd(build_optimizer(cfg, model))
+    base = cfg.SOLVER.BASE_LR
+    # Multiplier 0: text tower left out of the optimizer entirely, and frozen; not its prompt.
+    tower = [p for n, p in model.text_encoder.named_parameters() if n != "context"]
+    assert all(p not in groups and not p.requires_grad for p in tower)
+    assert groups[model.text_encoder.context] == {"lr": pytest.approx(base), "weight_decay": 0.0}
+    assert groups[model.backbone.bottom_up[0].weight]["lr"] == pytest.approx(0.1 * base)
+    assert groups[model.backbone.fpn_lateral.weight]["lr"] == pytest.approx(base)
+    assert groups[model.head.weight] == {"lr": pytest.approx(base), "weight_decay": pytest.approx(0.05)}
+    assert groups[model.head.bias]["weight_decay"] == pytest.approx(0.05)  # WEIGHT_DECAY_BIAS unset
+    assert groups[model.context_decoder.weight]["weight_decay"] == pytest.approx(0.05)
+    for no_decay in (model.text_encoder.context, model.gamma, model.norm.weight, model.backbone.bottom_up[1].weight):
+        assert groups[no_decay]["weight_decay"] == 0.0
+
+    cfg = make_cfg(RETINANET, ["SOLVER.TEXT_ENCODER_MULTIPLIER", "0.5", "SOLVER.OPTIMIZER", "SGD"])
+    model = ToyCLIPDetector()
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.SGD)
+    groups = lr_and_wd(optimizer)
+    assert groups[model.text_encoder.proj.weight]["lr"] == pytest.approx(0.5 * cfg.SOLVER.BASE_LR)
+    assert groups[model.text_encoder.positional_embedding]["weight_decay"] == 0.0
+
+
+def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
+    max_norm = 1e-3
+    cfg = make_cfg(RETINANET, ["SOLVER.FULL_MODEL_CLIP_GRAD_NORM", str(max_norm)])
+    model = ToyCLIPDetector()
+    optimizer = build_optimizer(cfg, model)
+    x = torch.randn(2, 3, 8, 8)
+    features = model.context_decoder(model.backbone.fpn_lateral(model.backbone.bottom_up(x)).mean((2, 3)))
+    features = features * model.gamma
+    loss = 1e3 * (model.head(model.norm(features)).sum() + model.text_encoder.context.sum())
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    before = [p.grad.clone() for p in params]
+    total_before = torch.norm(torch.stack([g.norm() for g in before]))
+    assert total_before > 100 * max_norm
+    optimizer.step()
+    total_after = torch.norm(torch.stack([p.grad.norm() for p in params]))
+    # One norm for all parameters together (per-parameter clipping would allow sqrt(N) x max_norm),
+    # and the direction of the update is unchanged.
+    assert total_after <= max_norm * (1 + 1e-4)
+    assert total_after == pytest.approx(max_norm, rel=1e-3)
+    scale = total_after / total_before
+    for g0, p in zip(before, params):
+        torch.testing.assert_close(p.grad, g0 * scale)
+
+    # Detectron2's per-parameter clipping still composes with it.
+    cfg = make_cfg(RETINANET, ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.FULL_MODEL_CLIP_GRAD_NORM", "0.0"])
+    optimizer = build_optimizer(cfg, ToyCLIPDetector())
+    assert "WithGradientClip" in type(optimizer).__name__ and "FullModel" not in type(optimizer).__name__
+
+
+def test_step_fractions_set_scheduler_milestones(make_cfg):
+    cfg = make_cfg(RETINANET, ["SOLVER.MAX_ITER", "1200", "SOLVER.WARMUP_ITERS", "0",
+                               "SOLVER.STEP_FRACTIONS", "[0.6666666667, 0.9166666667]"])
+    assert resolve_step_fractions(cfg).SOLVER.STEPS == (800, 1100)
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    drops = [i for i in range(1, len(lrs)) if lrs[i] < lrs[i - 1] * 0.5]
+    assert drops == [800, 1100]
+    assert lrs[-1] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA ** 2)
+    # Short runs: steps that collapse onto MAX_ITER are dropped instead of crashing the scheduler.
+    short = make_cfg(RETINANET, ["SOLVER.MAX_ITER", "4"])
+    assert resolve_step_fractions(short).SOLVER.STEPS == (3,)
+    build_lr_scheduler(short, build_optimizer(short, nn.Linear(2, 2)))
+    # No fractions: SOLVER.STEPS as given.
+    plain = make_cfg(RETINANET, ["SOLVER.STEP_FRACTIONS", "[]", "SOLVER.STEPS", "(5, 7)"])
+    assert resolve_step_fractions(plain).SOLVER.STEPS == (5, 7)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    model = ToyCLIPDetector()
+    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path), save_to_disk=True)
+    checkpointer.save("model_0000009", iteration=9)
+    good = torch.load(tmp_path / "model_0000009.pth", weights_only=True)
+    real_save = torch.save
+
+    def crashing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"partial checkpoint bytes")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    with pytest.raises(OSError, match="simulated"):
+        checkpointer.save("model_0000019", iteration=19)
+    with pytest.raises(OSError, match="simulated"):  # overwriting an existing file fails cleanly too
+        checkpointer.save("model_0000009", iteration=9)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temporaries
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
+    assert_state_equal(torch.load(tmp_path / "model_0000009.pth", weights_only=True), good)
+
+    # A writer killed with SIGKILL leaves a hidden temporary; the next checkpointer's save removes it.
+    (tmp_path / ".model_0000029.pth.abc123.tmp").write_bytes(b"half")
+    AtomicDetectionCheckpointer(ToyCLIPDetector(), str(tmp_path), save_to_disk=True).save("model_0000039")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth", "model_0000039.pth"]
+
+
+_SAVE_FOREVER = """
+import sys, torch
+from denseclip.engine import AtomicDetectionCheckpointer
+model = torch.nn.Linear(1024, 2048)  # 8 MB per checkpoint
+checkpointer = AtomicDetectionCheckpointer(model, sys.argv[1], save_to_disk=True)
+for i in range(10**6):
+    with torch.no_grad():
+        model.weight.fill_(i)
+    checkpointer.save(f"model_{i % 3}", iteration=i)
+"""
+
+
+def test_kill_9_while_saving_leaves_a_loadable_last_checkpoint(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if (tmp_path / "model_2.pth").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    finally:
+        proc.kill()  # SIGKILL, mid-save with high probability
+        proc.wait()
+    last = (tmp_path / "last_checkpoint").read_text()
+    state = torch.load(tmp_path / last, weights_only=True)
+    assert torch.all(state["model"]["weight"] == state["iteration"])
+    for f in tmp_path.glob("model_*.pth"):  # every visible checkpoint is complete
+        torch.load(f, weights_only=True)
+
+
+def test_missing_weights_file_is_named(make_cfg, tmp_path):
+    cfg = make_cfg(RETINANET, TINY_OPTS)
+    missing = str(tmp_path / "nope" / "model_final.pth")
+    checkpointer = Trainer.build_checkpointer(cfg, ToyCLIPDetector())
+    with pytest.raises(FileNotFoundError, match="nope/model_final.pth"):
+        checkpointer.resume_or_load(missing, resume=False)
+    assert checkpointer.load("") == {}  # empty MODEL.WEIGHTS: train from scratch, as in Detectron2
+
+
+def test_shape_mismatch_error_or_reinit(make_cfg, tmp_path):
+    source = build_model(make_cfg(RETINANET, TINY_OPTS))
+    path = tmp_path / "two_classes.pth"
+    torch.save({"model": source.state_dict()}, path)
+
+    cfg = make_cfg(RETINANET, [*TINY_OPTS, "MODEL.RETINANET.NUM_CLASSES", "3"])
+    target = build_model(cfg)
+    with pytest.raises(IncompatibleCheckpointError) as err:
+        Trainer.build_checkpointer(cfg, target).load(str(path))
+    message = str(err.value)
+    assert "head.cls_score.weight: checkpoint (18, 256, 3, 3) vs model (27, 256, 3, 3)" in message
+    assert "head.cls_score.bias: checkpoint (18,) vs model (27,)" in message
+    assert "MODEL.REINIT_VOCABULARY_MISMATCH" in message
+
+    cfg.MODEL.REINIT_VOCABULARY_MISMATCH = True
+    target = build_model(cfg)
+    fresh = target.head.cls_score.weight.detach().clone()
+    Trainer.build_checkpointer(cfg, target).load(str(path))
+    assert torch.equal(target.head.cls_score.weight, fresh)
+    loaded, saved = target.state_dict(), source.state_dict()
+    for key, value in saved.items():
+        if not key.startswith("head.cls_score."):
+            assert torch.equal(loaded[key], value), key
+
+# ------------------------------------------------------------------------------- setup / config
+def test_config_errors_name_the_key_and_file(tmp_path):
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nSOLVER:\n  MAX_ITERS: 10\n')
+    bad_type = tmp_path / "bad_type.yaml"
+    bad_type.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nSOLVER:\n  MAX_ITER: "ten"\n')
+    parser = default_argument_parser()
+    with pytest.raises(ConfigError, match=r"bad_key\.yaml.*Non-existent config key: SOLVER\.MAX_ITERS"):
+        setup(parser.parse_args(["--config-file", str(bad_key)]))
+    with pytest.raises(ConfigError, match=r"bad_type\.yaml.*SOLVER\.MAX_ITER"):
+        setup(parser.parse_args(["--config-file", str(bad_type)]))
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        setup(parser.parse_args(["--config-file", str(tmp_path / "missing.yaml")]))
+
+    from detectron2.config import get_cfg
+
+    from denseclip import add_denseclip_config
+
+    cfg = get_cfg()
+    add_denseclip_config(cfg)
+    merge_config_file(cfg, str(REPO_ROOT / "configs" / RETINANET))
+    with pytest.raises(ConfigError, match=r"override.*Non-existent key: MODEL\.NOT_A_KEY"):
+        merge_overrides(cfg, ["MODEL.NOT_A_KEY", "1"])
+    args = parser.parse_args(["--dataset", "a=x.json:img", "--dataset", "b=y.json:img", "SOLVER.MAX_ITER", "3"])
+    assert args.dataset == ["a=x.json:img", "b=y.json:img"] and args.opts == ["SOLVER.MAX_ITER", "3"]
+
+
+# ------------------------------------------------------------------------------- trainer pieces
+class NaNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, data: Any) -> Dict[str, torch.Tensor]:
+        return {"loss_cls": self.w.sum() * float("nan"), "loss_box_reg": self.w.sum()}
+
+
+def test_nonfinite_loss_raises_with_iteration_and_names(make_cfg):
+    cfg = make_cfg(RETINANET, TINY_OPTS)
+    model = NaNModel()
+    step_trainer = Trainer.build_step_trainer(cfg, model, itertools.repeat([{}]), build_optimizer(cfg, model))
+    with pytest.raises(FloatingPointError, match=r"(?s)iteration=0.*loss_cls"):
+        step_trainer.train(0, 3)
+
+
+def test_amp_on_cpu_falls_back_and_trains_mask_rcnn(make_cfg, tiny_data, tmp_path, caplog):
+    cfg = make_cfg(MASK_RCNN, [*TINY_OPTS, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2",
+                               "SOLVER.CHECKPOINT_PERIOD", "100", "DATASETS.TRAIN", "('engine_tiny_train',)",
+                               "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(cfg)
+    assert type(trainer._trainer) is SimpleTrainer
+    assert "SOLVER.AMP.ENABLED is ignored" in caplog.text
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = training_metrics(tmp_path)
+    assert [m["iteration"] for m in losses] == [0, 1]
+    assert all(np.isfinite(m["loss_mask"]) for m in losses)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+class FakeGradScaler:
+    def __init__(self, scales: Sequence[float]) -> None:
+        self._scales = iter(scales)
+
+    def get_scale(self) -> float:
+        return next(self._scales)
+
+
+def test_grad_scaler_overflow_is_logged(caplog):
+    hook = GradScalerOverflowLogger(FakeGradScaler([65536.0, 65536.0, 32768.0, 32768.0]))
+    hook.trainer = type("FakeTrainer", (), {"iter": 0})()
+    with EventStorage() as storage, caplog.at_level("WARNING"):
+        hook.trainer.storage = storage
+        hook.before_train()
+        for it in range(3):
+            hook.trainer.iter = it
+            storage.iter = it
+            hook.after_step()
+    assert hook.skipped == 1
+    assert "inf/NaN gradients at iteration 1" in caplog.text and "65536 -> 32768" in caplog.text
+    assert storage.history("amp/skipped_steps").latest() == 1
+
+
+def test_coco_evaluator_without_cpp_extension(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg(MASK_RCNN, TINY_OPTS)
+    evaluator = build_coco_evaluator(cfg, "engine_tiny_val", str(tmp_path))
+    assert evaluator._tasks == ("bbox", "segm")
+    assert evaluator._use_fast_impl == fast_coco_eval_available()
+    assert not fast_coco_eval_available()  # this environment's Detectron2 has no C++ ops
+
+
+# ------------------------------------------------------------------------------- train_net.py
+@pytest.fixture(scope="module")
+def first_run(tiny_data, tmp_path_factory) -> Path:
+    """4 seeded iterations, checkpoints every 2, evaluation on the tiny set at the end."""
+    out = tmp_path_factory.mktemp("first_run")
+    run_train_net(train_args(tiny_data, out, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                             "SEED", "42", "DATASETS.TEST", "('engine_tiny_val',)"))
+    return out
+
+
+def test_train_net_end_to_end(first_run):
+    metrics = training_metrics(first_run)
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    assert all(np.isfinite(m["total_loss"]) and m["total_loss"] > 0 for m in metrics)
+    assert (first_run / "model_final.pth").is_file()
+    assert {"model_0000001.pth", "model_0000003.pth"} <= set(os.listdir(first_run))
+    assert (first_run / "last_checkpoint").read_text() == "model_final.pth"
+    assert not list(first_run.glob(".*.tmp"))
+    predictions = json.loads((first_run / "inference" / "engine_tiny_val" / "coco_instances_results.json").read_text())
+    assert predictions and {"image_id", "category_id", "bbox", "score"} <= set(predictions[0])
+    assert any("bbox/AP" in m for m in read_metrics(first_run))
+
+
+def test_own_checkpoints_load_with_weights_only(first_run, monkeypatch, make_cfg):
+    checkpoint = torch.load(first_run / "model_0000001.pth", weights_only=True)
+    assert checkpoint["iteration"] == 1
+    trainer_state = checkpoint["trainer"]
+    assert trainer_state["iteration"] == 1 and "LRScheduler" in trainer_state["hooks"]
+    assert trainer_state["_trainer"]["optimizer"]["state"]  # AdamW moments are saved
+    calls: List[Dict[str, Any]] = []
+    real_load = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    model = build_model(make_cfg(RETINANET, TINY_OPTS))
+    Trainer.build_checkpointer(make_cfg(RETINANET, TINY_OPTS), model).load(str(first_run / "model_final.pth"))
+    assert calls and all(c.get("weights_only") is True for c in calls)
+    final = real_load(first_run / "model_final.pth", weights_only=True)["model"]
+    assert torch.equal(model.head.cls_score.weight, final["head.cls_score.weight"])
+
+
+def test_seeded_runs_repeat_their_losses(first_run, tiny_data, tmp_path):
+    run_train_net(train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",
+                             "SEED", "42", "DATASETS.TEST", "()"))
+    keys = ("total_loss", "loss_cls", "loss_box_reg", "num_pos_anchors")
+    first = [[m[k] for k in keys] for m in training_metrics(first_run)]
+    second = [[m[k] for k in keys] for m in training_metrics(tmp_path)]
+    assert len(first) == len(second) == 4
+    assert first == second
+
+
+def test_resume_continues_from_last_checkpoint(first_run, tiny_data, tmp_path, make_cfg):
+    # An interrupted run: its last complete checkpoint is the one of iteration 1.
+    shutil.copy(first_run / "model_0000001.pth", tmp_path / "model_0000001.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    saved = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
+
+    cfg = make_cfg(RETINANET, [*TINY_OPTS, "SOLVER.MAX_ITER", "4", "DATASETS.TRAIN", "('engine_tiny_train',)",
+                               "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2
+    assert_state_equal(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"], "optimizer")
+    assert trainer.scheduler.last_epoch == saved["trainer"]["hooks"]["LRScheduler"]["last_epoch"]
+    del trainer
+
+    proc = run_train_net(["--resume", *train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "4",
+                                                  "SOLVER.CHECKPOINT_PERIOD", "100", "DATASETS.TEST", "()")])
+    log = proc.stdout + proc.stderr
+    assert "model_0000001.pth" in log and "Starting training from iteration 2" in log
+    assert [m["iteration"] for m in training_metrics(tmp_path)] == [2, 3]
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 3
+
+
+def test_eval_only_loads_weights(first_run, tiny_data, tmp_path):
+    proc = run_train_net(["--eval-only", *train_args(
+        tiny_data, tmp_path, "MODEL.WEIGHTS", str(first_run / "model_final.pth"), "DATASETS.TEST", "('engine_tiny_val',)")])
+    output = proc.stdout + proc.stderr
+    assert "MODEL.DEVICE cuda -> cpu" in output  # Detectron2's default device, without a GPU
+    assert f"Loading from {first_run / 'model_final.pth'}" in output
+    assert (tmp_path / "inference" / "engine_tiny_val" / "coco_instances_results.json").is_file()
+
+
+def test_two_cpu_processes_with_gloo(tiny_data, tmp_path):
+    run_train_net(["--num-gpus", "2", *train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "2",
+                                                  "SOLVER.CHECKPOINT_PERIOD", "100", "DATASETS.TEST", "()")])
+    for log_file, rank in (("log.txt", 0), ("log.txt.rank1", 1)):
+        log = (tmp_path / log_file).read_text()
+        assert f"Rank of current process: {rank}. World size: 2" in log
+        assert "Total training time" in log, f"rank {rank} did not finish"
+    assert "NaiveSyncBatchNorm" in (tmp_path / "log.txt").read_text()  # the configs' SyncBN, over gloo
+    assert [m["iteration"] for m in training_metrics(tmp_path)] == [0, 1]
+    assert (tmp_path / "model_final.pth").is_file()

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Train or evaluate a DenseCLIP / CLIP-baseline detector (Detectron2's tools/train_net.py, for
+this project).
+
+    python train_net.py --config-file configs/COCO/retinanet_denseclip_R50_FPN_1x.yaml --num-gpus 8
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CFG --dataset my_train=ann.json:images/ DATASETS.TRAIN "('my_train',)"
+
+Without GPUs, ``--num-gpus N`` trains with N CPU processes (gloo); ``--resume`` continues from the
+``last_checkpoint`` of OUTPUT_DIR.
+"""
+import argparse
+from typing import Any
+
+from denseclip.engine import Trainer, default_argument_parser, launch, setup
+
+
+def main(args: argparse.Namespace) -> Any:
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
