@@ -50,6 +50,12 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Create or replace ``path`` with what ``write`` writes to a binary file, all or nothing.
 
@@ -61,6 +67,9 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 minus the umask), so
+        # that checkpoints stay readable by the group/others as fvcore's in-place saves were.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -191,8 +200,21 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint: Any) -> Any:
+        num_tensors = len(checkpoint.get("model") or {})
         incompatible = super()._load_model(checkpoint)
         mismatched = incompatible.incorrect_shapes
+        model_keys = list(self.model.state_dict())
+        if model_keys and not mismatched and len(incompatible.unexpected_keys) == num_tensors:
+            # fvcore only logs missing/unexpected keys: a file of another architecture (e.g. CLIP
+            # weights given as MODEL.WEIGHTS) would silently leave the whole model random.
+            unexpected = sorted(incompatible.unexpected_keys)
+            raise IncompatibleCheckpointError(
+                f"'{self._loading}' shares no tensor name with the model: it is not a checkpoint of "
+                f"this architecture. Checkpoint keys ({len(unexpected)}): {', '.join(unexpected[:8]) or '(none)'}"
+                f"{', ...' if len(unexpected) > 8 else ''}; model keys ({len(model_keys)}): "
+                f"{', '.join(model_keys[:8])}{', ...' if len(model_keys) > 8 else ''}. "
+                "CLIP weights belong in MODEL.CLIP.PRETRAINED, not MODEL.WEIGHTS."
+            )
         if mismatched and not self.reinit_mismatched:
             raise IncompatibleCheckpointError(
                 f"'{self._loading}' does not fit the model: {len(mismatched)} tensor(s) have other "
