@@ -72,7 +72,7 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE = 20.0
     _C.MODEL.DENSECLIP.LEARN_LOGIT_SCALE = True
     # Dimension of the per-anchor embeddings of the language-guided RetinaNet head.
-    _C.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM = 128
+    _C.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM = 64
 
     # ---------------------------------------------------------------- solver (reference recipe)
     _C.SOLVER.OPTIMIZER = "AdamW"

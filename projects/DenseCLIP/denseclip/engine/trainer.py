@@ -29,7 +29,7 @@ from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_denseclip_config
-from ..data import RobustDatasetMapper, register_datasets_from_spec
+from ..data import RobustDatasetMapper, register_datasets_from_spec, register_synthetic_from_config
 from ..evaluation import build_coco_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .optimizer import build_lr_scheduler, build_optimizer
@@ -326,6 +326,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     register_dataset_specs(list(getattr(args, "dataset", None) or []) + list(cfg.DATASETS.REGISTER))
+    # DATASETS.SYNTHETIC may move or resize the generated dataset registered at import time.
+    register_synthetic_from_config(cfg)
     _default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
