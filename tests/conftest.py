@@ -38,6 +38,16 @@ def _seed_and_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _loggers_propagate():
+    """Detectron2's setup_logger (run by in-process trainer tests) stops the named loggers from
+    propagating; caplog listens on the root logger, so later tests would miss their records."""
+    import logging
+
+    for name in ("denseclip", "detectron2", "d2", "fvcore"):
+        logging.getLogger(name).propagate = True
+
+
 @pytest.fixture
 def tiny_coco_root() -> Path:
     root = Path(os.environ.get("DENSECLIP_TINY_COCO", REPO_ROOT.parent / "shared" / "data" / "tiny_coco"))
@@ -89,3 +99,19 @@ def shapes_batch(root, num_images: int = 2, image_size: int = 128, seed: int = 0
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         batch.append({"image": tensor, "instances": instances, "height": image.shape[0], "width": image.shape[1]})
     return batch
+
+
+def assert_exactly_equal(a, b, where: str = "") -> None:
+    """Recursive exact equality of (nested dicts/lists of) tensors and plain values, naming the path."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            assert_exactly_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_exactly_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

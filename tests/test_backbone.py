@@ -96,7 +96,8 @@ def test_unknown_pretrained_tag_and_model_name_errors():
         build_clip_bottom_up(clip_cfg("RN9000"), False)
 
 
-SIZES = [(224, 224), (320, 480), (800, 1216)]
+# Square CLIP size, a non-square one and a detection-like one (all divisible by 32).
+SIZES = [(224, 224), (320, 480), (512, 832)]
 EXPECTED_CHANNELS = {
     "RN50": {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048, "embed": 1024, "dense_stride": 32},
     "RN101": {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048, "embed": 512, "dense_stride": 32},

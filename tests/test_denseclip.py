@@ -150,7 +150,7 @@ def test_overfitting_mask_rcnn(make_cfg, tmp_path):
 
 
 def test_overfitting_retinanet(make_cfg, tmp_path):
-    first, last, history = _overfit("COCO/retinanet_denseclip_R50_FPN_1x.yaml", make_cfg, tmp_path, steps=40)
+    first, last, history = _overfit("COCO/retinanet_denseclip_R50_FPN_1x.yaml", make_cfg, tmp_path, steps=25)
     assert last < 0.6 * first, (first, last)
 
 

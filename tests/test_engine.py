@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence
 import cv2
 import numpy as np
 import pytest
+from conftest import assert_exactly_equal
 import torch
 import torch.nn as nn
 from detectron2.data import DatasetCatalog
@@ -134,19 +135,6 @@ def training_metrics(out: Path) -> List[Dict[str, Any]]:
     return [m for m in read_metrics(out) if "total_loss" in m]
 
 
-def assert_state_equal(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for k in a:
-            assert_state_equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_state_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a} != {b}"
 
 
 class ToyCLIPDetector(nn.Module):
@@ -324,7 +312,7 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temporaries
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
-    assert_state_equal(torch.load(tmp_path / "model_0000009.pth", weights_only=True), good)
+    assert_exactly_equal(torch.load(tmp_path / "model_0000009.pth", weights_only=True), good)
 
     # A writer killed with SIGKILL leaves a hidden temporary; the next checkpointer's save removes it.
     (tmp_path / ".model_0000029.pth.abc123.tmp").write_bytes(b"half")
@@ -553,7 +541,7 @@ def test_resume_continues_from_last_checkpoint(first_run, tiny_data, tmp_path, m
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
-    assert_state_equal(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"], "optimizer")
+    assert_exactly_equal(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"], "optimizer")
     assert trainer.scheduler.last_epoch == saved["trainer"]["hooks"]["LRScheduler"]["last_epoch"]
     del trainer
 

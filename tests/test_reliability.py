@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from conftest import assert_exactly_equal
 import torch
 import torch.nn as nn
 
@@ -161,19 +162,6 @@ def training_iterations(out: Path) -> List[int]:
     return [m["iteration"] for m in records if "total_loss" in m]
 
 
-def assert_exactly_equal(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
-        for k in a:
-            assert_exactly_equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_exactly_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 # ------------------------------------------------------------------------------ kill -9 / resume

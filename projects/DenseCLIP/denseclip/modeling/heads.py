@@ -52,8 +52,8 @@ class LanguageGuidedRetinaNetHead(RetinaNetHead):
         self,
         *,
         text_dim: int,
-        cls_embed_dim: int = 128,
-        logit_scale: float = 20.0,
+        cls_embed_dim: int = 64,
+        logit_scale: float = 5.0,
         learn_logit_scale: bool = True,
         **kwargs,
     ):
@@ -76,7 +76,7 @@ class LanguageGuidedRetinaNetHead(RetinaNetHead):
         ret.update(
             text_dim=clip_embed_dim(cfg),
             cls_embed_dim=cfg.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM,
-            logit_scale=cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
+            logit_scale=cfg.MODEL.DENSECLIP.RETINANET_LOGIT_SCALE,
             learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
         )
         return ret

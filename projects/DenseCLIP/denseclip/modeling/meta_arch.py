@@ -29,10 +29,29 @@ def _with_num_classes(cfg: CfgNode, num_classes: int) -> CfgNode:
     return cfg
 
 
-class VocabularyMixin:
-    """Shared by the DenseCLIP meta-architectures."""
+class DenseCLIPMetaArchMixin:
+    """What the DenseCLIP meta-architectures add to Detectron2's: the vocabulary decides the number
+    of classes, the auxiliary pixel-text loss, and the vocabulary swap."""
 
     backbone: DenseCLIPBackbone
+
+    @configurable
+    def __init__(self, *, pixel_text_loss_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.pixel_text_loss_weight = pixel_text_loss_weight
+        self._check_backbone()
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict:
+        cfg = _with_num_classes(cfg, len(resolve_class_names(cfg)))
+        ret = super().from_config(cfg)
+        ret["pixel_text_loss_weight"] = cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT
+        return cls._with_heads(cfg, ret)
+
+    @classmethod
+    def _with_heads(cls, cfg: CfgNode, ret: Dict) -> Dict:
+        """Replace heads in the constructor arguments, given the config with the vocabulary's size."""
+        return ret
 
     @property
     def class_names(self) -> List[str]:
@@ -67,21 +86,8 @@ class VocabularyMixin:
 
 
 @META_ARCH_REGISTRY.register()
-class DenseCLIPRCNN(VocabularyMixin, GeneralizedRCNN):
+class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
     """Mask R-CNN / Faster R-CNN with DenseCLIP's backbone; ROI heads: DenseCLIPROIHeads."""
-
-    @configurable
-    def __init__(self, *, pixel_text_loss_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.pixel_text_loss_weight = pixel_text_loss_weight
-        self._check_backbone()
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict:
-        cfg = _with_num_classes(cfg, len(resolve_class_names(cfg)))
-        ret = super().from_config(cfg)
-        ret["pixel_text_loss_weight"] = cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT
-        return ret
 
     @property
     def language_guided(self) -> bool:
@@ -106,26 +112,17 @@ class DenseCLIPRCNN(VocabularyMixin, GeneralizedRCNN):
 
 
 @META_ARCH_REGISTRY.register()
-class DenseCLIPRetinaNet(VocabularyMixin, RetinaNet):
+class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, RetinaNet):
     """RetinaNet with DenseCLIP's backbone and, by default, the language-guided head."""
 
-    @configurable
-    def __init__(self, *, pixel_text_loss_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.pixel_text_loss_weight = pixel_text_loss_weight
-        self._check_backbone()
-
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict:
-        cfg = _with_num_classes(cfg, len(resolve_class_names(cfg)))
-        ret = super().from_config(cfg)
+    def _with_heads(cls, cfg: CfgNode, ret: Dict) -> Dict:
         head = cfg.MODEL.DENSECLIP.HEAD
         if head == "language":
             shapes = ret["backbone"].output_shape()
             ret["head"] = LanguageGuidedRetinaNetHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
         elif head != "stock":
             raise ValueError(f"MODEL.DENSECLIP.HEAD: expected 'language' or 'stock', got '{head}'")
-        ret["pixel_text_loss_weight"] = cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT
         return ret
 
     @property
