@@ -33,24 +33,24 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     """Wrap open_clip's image tower as a bottom-up backbone."""
     c = cfg.MODEL.CLIP
     if isinstance(visual, ModifiedResNet):
-        return CLIPResNet(
+        backbone = CLIPResNet(
             visual,
             out_features=c.OUT_FEATURES,
             with_attention_pool=with_attention_pool,
-            norm=c.NORM,
             freeze_at=c.FREEZE_AT,
         )
-    if isinstance(visual, VisionTransformer):
-        backbone = CLIPViT(visual, out_features=c.OUT_FEATURES, scales=c.VIT_PYRAMID_SCALES,
-                           with_attention_pool=with_attention_pool)
+    elif isinstance(visual, VisionTransformer):
         if c.FREEZE_AT > 0:
             raise ValueError("MODEL.CLIP.FREEZE_AT > 0 is only supported for CLIP ResNets")
-        # ViTs use LayerNorm; NORM only affects BatchNorm layers, none of which exist here.
-        return convert_norm(backbone, c.NORM)
-    raise ValueError(
-        f"MODEL.CLIP.MODEL_NAME '{c.MODEL_NAME}' has a {type(visual).__name__} image tower; "
-        "supported: ModifiedResNet (RN50, RN101, RN50x4) and VisionTransformer (ViT-B-16)"
-    )
+        backbone = CLIPViT(visual, out_features=c.OUT_FEATURES, scales=c.VIT_PYRAMID_SCALES,
+                           with_attention_pool=with_attention_pool)
+    else:
+        raise ValueError(
+            f"MODEL.CLIP.MODEL_NAME '{c.MODEL_NAME}' has a {type(visual).__name__} image tower; "
+            "supported: ModifiedResNet (RN50, RN101, RN50x4) and VisionTransformer (ViT-B-16)"
+        )
+    # Frozen stages are FrozenBN already; ViTs have LayerNorms only (NORM is still validated).
+    return convert_norm(backbone, c.NORM, cfg.MODEL.DEVICE)
 
 
 def build_clip_bottom_up(cfg: CfgNode, with_attention_pool: bool) -> Tuple[Backbone, nn.Module]:

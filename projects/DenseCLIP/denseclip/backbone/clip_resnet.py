@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 
-from .norm import convert_norm, freeze_module
+from .norm import freeze_module
 
 # Extra outputs of CLIP bottom-up backbones, next to the multi-scale features.
 CLIP_GLOBAL = "clip_global"  # B x D: CLIP's image embedding
@@ -83,7 +83,6 @@ class CLIPResNet(Backbone):
         visual: ModifiedResNet,
         out_features: List[str] = list(_STAGES),
         with_attention_pool: bool = True,
-        norm: str = "BN",
         freeze_at: int = 0,
     ):
         super().__init__()
@@ -100,7 +99,7 @@ class CLIPResNet(Backbone):
         self._out_feature_channels = {f"res{i + 2}": width * 4 * 2 ** i for i in range(4)}
         self._out_feature_strides = {f"res{i + 2}": 4 * 2 ** i for i in range(4)}
 
-        self.visual = convert_norm(self.visual, norm)
+        # Normalisation (MODEL.CLIP.NORM) is converted by the builder, which knows the device.
         self._freeze(freeze_at)
 
     def _freeze(self, freeze_at: int) -> None:

@@ -13,7 +13,6 @@ import weakref
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
-import torch.nn as nn
 import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -23,7 +22,6 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.logger import setup_logger
@@ -59,32 +57,6 @@ class ConfigError(ValueError):
 def _reason(e: BaseException) -> str:
     # str(KeyError) wraps the message in quotes; use the message itself.
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-
-
-def _sync_bn_to_naive(module: nn.Module) -> int:
-    """Replace ``nn.SyncBatchNorm`` (which PyTorch only runs on GPUs; DDP rejects it on CPU) by
-    Detectron2's ``NaiveSyncBatchNorm``, which synchronises the same statistics with all_reduce and so
-    also works over gloo. Call before the optimizer is built: parameters are new objects. Returns
-    how many layers were replaced."""
-    replaced = 0
-    for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            new = NaiveSyncBatchNorm(
-                child.num_features,
-                eps=child.eps,
-                momentum=child.momentum,
-                affine=child.affine,
-                track_running_stats=child.track_running_stats,
-            )
-            new.load_state_dict(child.state_dict())
-            for p_new, p_old in zip(new.parameters(), child.parameters()):
-                p_new.requires_grad_(p_old.requires_grad)
-            new.train(child.training)
-            setattr(module, name, new)
-            replaced += 1
-        else:
-            replaced += _sync_bn_to_naive(child)
-    return replaced
 
 
 class GradScalerOverflowLogger(HookBase):
@@ -160,17 +132,6 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
             logger.warning("Checkpoint has no optimizer state (saved by Detectron2 v0.6's DefaultTrainer)")
-
-    @classmethod
-    def build_model(cls, cfg: CfgNode) -> nn.Module:
-        """Detectron2's ``build_model``; for CPU multi-process runs, SyncBN layers become
-        ``NaiveSyncBatchNorm`` so that the reference's synchronised BN works over gloo."""
-        model = super().build_model(cfg)
-        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-            replaced = _sync_bn_to_naive(model)
-            if replaced:
-                logger.info(f"CPU processes: {replaced} SyncBatchNorm layers -> NaiveSyncBatchNorm (gloo)")
-        return model
 
     @staticmethod
     def _wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:

@@ -31,6 +31,17 @@ def clip_embed_dim(cfg: CfgNode) -> int:
     return int(model_cfg["embed_dim"])
 
 
+HEAD_CHOICES = ("language", "stock")
+
+
+def uses_language_heads(cfg: CfgNode) -> bool:
+    """MODEL.DENSECLIP.HEAD, validated: True for the language-guided heads, False for stock ones."""
+    head = cfg.MODEL.DENSECLIP.HEAD
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"MODEL.DENSECLIP.HEAD: expected one of {HEAD_CHOICES}, got '{head}'")
+    return head == "language"
+
+
 class LogitScale(nn.Module):
     """exp(s) with s = log(init); learnable or fixed, capped at 100 as in CLIP."""
 
@@ -150,7 +161,7 @@ class DenseCLIPROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
-        if cfg.MODEL.DENSECLIP.HEAD == "language":
+        if uses_language_heads(cfg):
             # Open vocabulary: per-class box deltas / masks cannot exist for classes unseen in training.
             cfg = cfg.clone()
             cfg.defrost()
@@ -161,11 +172,8 @@ class DenseCLIPROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
         ret = super()._init_box_head(cfg, input_shape)
-        head = cfg.MODEL.DENSECLIP.HEAD
-        if head == "language":
+        if uses_language_heads(cfg):
             ret["box_predictor"] = TextEmbeddingFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
-        elif head != "stock":
-            raise ValueError(f"MODEL.DENSECLIP.HEAD: expected 'language' or 'stock', got '{head}'")
         return ret
 
     @property

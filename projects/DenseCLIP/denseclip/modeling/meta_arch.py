@@ -11,7 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from .denseclip_backbone import SCORE_MAP, TEXT_EMBEDDINGS, DenseCLIPBackbone
-from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead
+from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
 from .pixel_text import pixel_text_loss
 from .vocabulary import resolve_class_names
 
@@ -117,12 +117,9 @@ class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, RetinaNet):
 
     @classmethod
     def _with_heads(cls, cfg: CfgNode, ret: Dict) -> Dict:
-        head = cfg.MODEL.DENSECLIP.HEAD
-        if head == "language":
+        if uses_language_heads(cfg):
             shapes = ret["backbone"].output_shape()
             ret["head"] = LanguageGuidedRetinaNetHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
-        elif head != "stock":
-            raise ValueError(f"MODEL.DENSECLIP.HEAD: expected 'language' or 'stock', got '{head}'")
         return ret
 
     @property
