@@ -93,18 +93,24 @@ class LanguageGuidedRetinaNetHead(RetinaNetHead):
         return ret
 
     def forward(self, features: List[torch.Tensor], text_embeddings: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Returns per-level logits (N x A*K x H x W, anchor-major as Detectron2 expects) and deltas."""
+        """Returns per-level logits (N x A*K x H x W, anchor-major as Detectron2 expects) and deltas.
+
+        The logits are computed location-major, as one batched matmul of contiguous (H*W*A) x E
+        anchor embeddings with the E x K classifier, and returned as a permuted view of that
+        N x H x W x A x K tensor: Detectron2's ``permute_to_N_HWA_K`` then needs no copy.
+        """
         text = F.normalize(self.text_proj(text_embeddings), dim=-1)
         if text.dim() == 2:
             text = text.unsqueeze(0).expand(features[0].shape[0], -1, -1)
-        scale = self.logit_scale()
+        classifier = (text * self.logit_scale()).transpose(1, 2)  # N x E x K
         logits, bbox_reg = [], []
         for feature in features:
             n, _, h, w = feature.shape
-            embed = self.cls_score(self.cls_subnet(feature)).view(n, self.num_anchors, self.cls_embed_dim, h, w)
-            embed = F.normalize(embed, dim=2)
-            cls = torch.einsum("baehw,bke->bakhw", embed, text.to(embed.dtype)) * scale + self.cls_bias
-            logits.append(cls.reshape(n, -1, h, w))
+            embed = self.cls_score(self.cls_subnet(feature))  # N x A*E x H x W
+            embed = embed.permute(0, 2, 3, 1).reshape(n, h * w * self.num_anchors, self.cls_embed_dim)
+            embed = F.normalize(embed, dim=-1)
+            cls = torch.bmm(embed, classifier.to(embed.dtype)).add_(self.cls_bias)  # N x HWA x K
+            logits.append(cls.view(n, h, w, -1).permute(0, 3, 1, 2))
             bbox_reg.append(self.bbox_pred(self.bbox_subnet(feature)))
         return logits, bbox_reg
 

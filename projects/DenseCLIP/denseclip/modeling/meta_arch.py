@@ -10,6 +10,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.modeling.postprocessing import detector_postprocess
 
+from .dense_decoding import TopKCandidateDecoding
 from .denseclip_backbone import SCORE_MAP, TEXT_EMBEDDINGS, DenseCLIPBackbone
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
 from .pixel_text import pixel_text_loss
@@ -112,7 +113,14 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
 
 
 @META_ARCH_REGISTRY.register()
-class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, RetinaNet):
+class TopKRetinaNet(TopKCandidateDecoding, RetinaNet):
+    """Detectron2's RetinaNet with the exact, fast top-k candidate selection of DenseCLIPRetinaNet
+    (same detections, same weights). The CLIP baselines use it, so that they and DenseCLIP differ
+    only in what DenseCLIP adds."""
+
+
+@META_ARCH_REGISTRY.register()
+class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKCandidateDecoding, RetinaNet):
     """RetinaNet with DenseCLIP's backbone and, by default, the language-guided head."""
 
     @classmethod

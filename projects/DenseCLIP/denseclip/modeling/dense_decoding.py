@@ -1,0 +1,51 @@
+"""Exact and fast selection of a dense detector's top-k candidates per feature level.
+
+Detectron2 picks, per level, the ``topk_candidates`` highest (anchor, class) scores above the test
+threshold: v0.6 by sorting every surviving score, upstream by thresholding, gathering the survivors
+and taking their top-k. Both read all A*H*W*K scores several times (12M for P3 at 1333x800 with
+80 classes) and v0.6's full sort took a quarter of RetinaNet's CPU inference with a low threshold
+(0 for evaluation-style runs), its time varying with the scores' distribution.
+
+The same candidates come from far fewer scores: every one of the k best pairs lies in an anchor
+whose best class scores at least as high as the k-th best pair, and at most k anchors do (each one's
+best pair is among the k). So: best class per anchor, top-k anchors, then top-k pairs among those
+anchors' k*K scores. Equal results up to the order of tied scores.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from detectron2.structures import Boxes, Instances
+
+
+def select_topk_candidates(scores: torch.Tensor, k: int, score_thresh: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (at most) k highest entries of ``scores`` (anchors x classes) that exceed ``score_thresh``.
+
+    Returns their scores (descending), anchor indices and class indices.
+    """
+    num_anchors, num_classes = scores.shape
+    num_anchors_kept = min(k, num_anchors)
+    _, anchor_idxs = scores.max(dim=1).values.topk(num_anchors_kept, sorted=False)
+    top_scores, flat_idxs = scores[anchor_idxs].flatten().topk(min(k, num_anchors_kept * num_classes))
+    keep = top_scores > score_thresh
+    top_scores, flat_idxs = top_scores[keep], flat_idxs[keep]
+    return top_scores, anchor_idxs[flat_idxs // num_classes], flat_idxs % num_classes
+
+
+class TopKCandidateDecoding:
+    """Mixin for Detectron2's dense detectors (``DenseDetector`` subclasses such as RetinaNet):
+    the per-level decoding with ``select_topk_candidates``; boxes are decoded as Detectron2 does."""
+
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: torch.Tensor,
+        pred_deltas: torch.Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        scores, anchor_idxs, classes = select_topk_candidates(pred_scores, topk_candidates, score_thresh)
+        boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
+        return Instances(image_size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes)
