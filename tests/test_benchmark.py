@@ -140,8 +140,20 @@ def test_comparison_ratios_and_targets(report):
     for key in ("train_time_ratio", "inference_time_ratio", "throughput_ratio", "train_memory_ratio",
                 "inference_memory_ratio", "throughput_memory_ratio"):
         assert _is_number(ratios[key]) and ratios[key] > 0, key
+    # Paired rounds: both models resident, timed in alternation; the time targets use their medians.
+    for phase in ("inference", "train"):
+        paired = comp["paired"]["128x128"][phase]
+        ratio = paired["ratio"]
+        assert ratio["rounds"] == 2 and len(ratio["ratios"]) == 2
+        assert all(_is_number(ratio[k]) and ratio[k] > 0 for k in ("median", "q1", "q3", "min", "max"))
+        assert ratio["min"] <= ratio["median"] <= ratio["max"]
+        for side in ("subject", "reference"):
+            assert paired[side]["repeats"] == 2 and _is_number(paired[side]["median_ms"])
+    assert data["settings"]["paired_repeats"] == 2 and data["settings"]["skip_paired"] is False
     checks = {c["check"]: c for c in data["checks"]}
-    assert any(name.startswith("inference time ratio") for name in checks)
+    inference_check = checks["inference time ratio mask_rcnn_denseclip_R50_FPN_1x / mask_rcnn_clip_R50_FPN_1x @128x128"]
+    assert inference_check["value"] == comp["paired"]["128x128"]["inference"]["ratio"]["median"]
+    assert "alternating rounds" in inference_check["note"]
     assert any(name.startswith("training time ratio") for name in checks)
     text_checks = [c for name, c in checks.items() if name.startswith("text encoder calls")]
     assert text_checks and all(c["status"] == "PASS" for c in text_checks)
@@ -154,6 +166,32 @@ def test_markdown_report(report):
     assert "# DenseCLIP benchmark" in text
     assert data["command"] in text
     assert "mask_rcnn_denseclip_R50_FPN_1x" in text and "## Targets" in text
+    assert "## Paired rounds" in text
+
+
+def test_alternating_rounds_swap_the_order_and_pair_every_round():
+    calls = []
+    out = benchmark.time_alternating(lambda: calls.append("S"), lambda: calls.append("R"), warmup=1, repeats=4,
+                                     device="cpu")
+    assert "".join(calls) == "SR" + "SR" + "RS" + "SR" + "RS"
+    assert out["ratio"]["rounds"] == 4 and len(out["ratio"]["ratios"]) == 4
+    assert out["subject"]["repeats"] == out["reference"]["repeats"] == 4
+
+
+def test_time_targets_use_the_paired_median_where_measured():
+    def result(name, variant):
+        return {"name": name, "variant": variant, "detector": "retinanet", "encoder": "RN50", "paper": None,
+                "flops": None, "params": {}, "sizes": {"64x64": {"inference": {"median_ms": 130.0 if variant == "denseclip" else 100.0},
+                                                                   "train": {"median_ms": 100.0}}}}
+
+    dense, clip = result("retinanet_denseclip_R50_FPN_1x", "denseclip"), result("retinanet_clip_R50_FPN_1x", "clip")
+    ratio = {"median": 1.05, "q1": 1.04, "q3": 1.06, "min": 1.03, "max": 1.07, "rounds": 5, "ratios": []}
+    args = benchmark.build_parser().parse_args([])
+    for paired, expected_value, expected_status in ((None, 1.3, "FAIL"), ({"64x64": {"inference": {"ratio": ratio}}}, 1.05, "PASS")):
+        checks = benchmark.evaluate_targets([dense, clip], [benchmark.compare(dense, clip, "denseclip_vs_clip_baseline", paired)], args)
+        check = next(c for c in checks if c["check"].startswith("inference time ratio"))
+        assert check["value"] == pytest.approx(expected_value) and check["status"] == expected_status
+        assert ("alternating rounds" in check["note"]) == (paired is not None)
 
 
 def test_pairing_with_detectron2_stock_and_paper_flops():

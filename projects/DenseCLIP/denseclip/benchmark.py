@@ -16,7 +16,9 @@ for:
 
 DenseCLIP configs are compared with their CLIP baseline (same name with ``clip`` for ``denseclip``)
 and with Detectron2's stock R50-FPN Mask R-CNN, and checked against targets (time ratios, FLOPs of
-SPEC section 3). Results go to a JSON file and a Markdown report.
+SPEC section 3). The time targets are checked on paired rounds: DenseCLIP and its baseline resident
+together and timed in alternation, one ratio per round, so that a drifting machine speed cancels.
+Results go to a JSON file and a Markdown report.
 
     python -m denseclip.benchmark --device cuda --output-json bench.json --output-md bench.md
     python -m denseclip.benchmark --device cpu --sizes 640x384 --repeats 3 --skip-flops
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-inference", action="store_true", help="skip latency, throughput and breakdown")
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument("--skip-breakdown", action="store_true", help="skip the per-component inference breakdown")
+    p.add_argument("--skip-paired", action="store_true",
+                   help="skip the paired rounds (DenseCLIP and its CLIP baseline resident together, timed in "
+                   "alternation); the time targets are then checked on the separately timed phases")
+    p.add_argument("--paired-repeats", type=int, default=0,
+                   help="alternating rounds of each paired phase (0: --repeats)")
     p.add_argument("--keep-score-thresh", action="store_true",
                    help="keep the configs' test score thresholds; by default they are set to 0 so that every "
                    "(randomly initialised) model post-processes exactly TEST.DETECTIONS_PER_IMAGE detections "
@@ -284,13 +291,17 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _quartiles(sorted_values: List[float]) -> Tuple[float, float]:
+    if len(sorted_values) < 2:
+        return sorted_values[0], sorted_values[0]
+    q1, _, q3 = statistics.quantiles(sorted_values, n=4, method="inclusive")
+    return q1, q3
+
+
 def summarize(times_s: List[float]) -> Dict[str, Any]:
     """Median and spread (IQR, min/max) of a list of durations, in milliseconds."""
     ms = sorted(t * 1000.0 for t in times_s)
-    if len(ms) >= 2:
-        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
-    else:
-        q1 = q3 = ms[0]
+    q1, q3 = _quartiles(ms)
     return {
         "median_ms": statistics.median(ms),
         "mean_ms": statistics.fmean(ms),
@@ -302,6 +313,14 @@ def summarize(times_s: List[float]) -> Dict[str, Any]:
         "repeats": len(ms),
         "times_ms": [round(t, 4) for t in ms],
     }
+
+
+def summarize_ratios(ratios: List[float]) -> Dict[str, Any]:
+    """Median and spread of per-round time ratios."""
+    values = sorted(ratios)
+    q1, q3 = _quartiles(values)
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": values[0], "max": values[-1],
+            "rounds": len(values), "ratios": [round(r, 5) for r in ratios]}
 
 
 def time_phase(fn: Callable[[], Any], warmup: int, repeats: int, device: str,
@@ -731,10 +750,23 @@ def probe_workload(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict
 
 
 # ==================================================================================== one config
-def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str, Any]:
-    from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
+def calibration_size(args, sizes: List[Tuple[int, int]]) -> Tuple[int, int]:
+    return sizes[0] if sizes and not (args.skip_train and args.skip_inference) else args.flops_size
 
+
+def build_benchmark_model(cfg, args, calibration: Tuple[int, int]) -> Tuple[torch.nn.Module, int]:
+    """The model of ``cfg`` with the benchmark's seed, on its device, FrozenBN calibrated.
+    Returns the model and the number of FrozenBN layers calibrated."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    model.to(args.device)
+    calibrated = calibrate_frozen_batchnorm(model, make_inputs(synthetic_images(1, calibration, args.seed + 7), args.device))
+    return model, calibrated
+
+
+def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str, Any]:
     device = args.device
     cfg = load_config(path, device, args.opts, args.keep_score_thresh)
     desc = describe_config(cfg)
@@ -743,18 +775,13 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str
     paper = PAPER.get((desc["detector"], desc["encoder"], desc["variant"]))
     result["paper"] = paper
 
-    torch.manual_seed(args.seed)
-    model = build_model(cfg)
-    model.to(device)
+    model, result["frozen_bn_calibrated"] = build_benchmark_model(cfg, args, calibration_size(args, sizes))
     result["params"] = count_parameters(model)
     result["is_denseclip"] = desc["variant"] == "denseclip"
     num_classes = model_num_classes(model, cfg)
     result["num_classes"] = num_classes
     autocast = autocast_context(args)
     result["amp_dtype"] = str(amp_dtype(args)).replace("torch.", "") if args.amp else None
-    calibration_size = sizes[0] if sizes and not (args.skip_train and args.skip_inference) else args.flops_size
-    result["frozen_bn_calibrated"] = calibrate_frozen_batchnorm(
-        model, make_inputs(synthetic_images(1, calibration_size, args.seed + 7), device))
 
     # ---------------------------------------------------------------- FLOPs
     if not args.skip_flops:
@@ -781,7 +808,7 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str
         if not args.skip_train:
             logger.info("[%s] training iterations at %s, batch %d", name, key, args.batch_train)
             try:
-                entry["train"] = time_training(model, cfg, size, num_classes, args, autocast, EventStorage)
+                entry["train"] = time_training(model, size, num_classes, args, autocast)
             except Exception as e:
                 logger.exception("[%s] training benchmark failed", name)
                 result["errors"][f"train@{key}"] = repr(e)
@@ -810,46 +837,61 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str
     return result
 
 
-def time_training(model, cfg, size, num_classes, args, autocast, EventStorage) -> Dict[str, Any]:
-    device = args.device
-    images = synthetic_images(args.batch_train, size, args.seed)
-    targets = synthetic_targets(args.batch_train, size, num_classes, args.seed)
-    batch = make_inputs(images, device, targets)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Small lr: many steps on the same random batch must stay finite (the time does not depend on it).
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4)
-    use_scaler = args.amp and device == "cuda" and amp_dtype(args) == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    model.train()
-    losses_seen: Dict[str, float] = {}
+class TrainStep:
+    """One training iteration of ``model`` on a fixed synthetic batch: forward, backward and an
+    AdamW step over the trainable parameters (with a GradScaler for fp16 AMP on CUDA).
+    Call inside a Detectron2 ``EventStorage``; ``close()`` frees the optimizer state."""
 
-    def step():
-        with autocast():
-            losses = model(batch)
+    optimizer_description = "torch.optim.AdamW over the trainable parameters (no gradient clipping)"
+
+    def __init__(self, model: torch.nn.Module, size: Tuple[int, int], num_classes: int, args, autocast: Callable):
+        self.model = model
+        self.autocast = autocast
+        images = synthetic_images(args.batch_train, size, args.seed)
+        targets = synthetic_targets(args.batch_train, size, num_classes, args.seed)
+        self.batch = make_inputs(images, args.device, targets)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Small lr: many steps on the same random batch must stay finite (the time does not depend on it).
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4)
+        use_scaler = args.amp and args.device == "cuda" and amp_dtype(args) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.last_losses: Dict[str, float] = {}
+        model.train()
+
+    def __call__(self) -> None:
+        with self.autocast():
+            losses = self.model(self.batch)
         loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        losses_seen.clear()
-        losses_seen.update({k: float(v.detach()) for k, v in losses.items()})
+            self.optimizer.step()
+        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
 
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer = None
+        self.model.eval()
+
+
+def time_training(model, size, num_classes, args, autocast) -> Dict[str, Any]:
+    from detectron2.utils.events import EventStorage
+
+    step = TrainStep(model, size, num_classes, args, autocast)
     try:
-        with EventStorage(0), measure_memory(device) as mem:
-            timing = time_phase(step, args.warmup, args.repeats, device)
+        with EventStorage(0), measure_memory(args.device) as mem:
+            timing = time_phase(step, args.warmup, args.repeats, args.device)
     finally:
-        optimizer.zero_grad(set_to_none=True)
-        del optimizer
-        model.eval()
+        step.close()
     timing["batch"] = args.batch_train
     timing["images_per_s"] = args.batch_train * 1000.0 / timing["median_ms"]
     timing["memory"] = mem
-    timing["optimizer"] = "torch.optim.AdamW over the trainable parameters (no gradient clipping)"
-    timing["last_losses"] = losses_seen
+    timing["optimizer"] = TrainStep.optimizer_description
+    timing["last_losses"] = step.last_losses
     return timing
 
 
@@ -896,6 +938,70 @@ def time_inference(model, size, args, autocast) -> Dict[str, Any]:
     return out
 
 
+# ==================================================================================== paired A/B rounds
+def time_alternating(subject: Callable[[], Any], reference: Callable[[], Any], warmup: int, repeats: int,
+                     device: str) -> Dict[str, Any]:
+    """Time two workloads in alternating rounds (subject first in even rounds, reference first in
+    odd ones); each round gives one subject / reference ratio. A change of the machine's speed
+    between rounds (other tenants, clocks) scales both sides of a round alike, so the ratios are
+    far steadier than those of phases timed minutes apart."""
+    fns = (subject, reference)
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: Tuple[List[float], List[float]] = ([], [])
+    for r in range(repeats):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            synchronize(device)
+            start = time.perf_counter()
+            fns[i]()
+            synchronize(device)
+            times[i].append(time.perf_counter() - start)
+    return {
+        "ratio": summarize_ratios([a / b for a, b in zip(*times)]),
+        "subject": summarize(times[0]),
+        "reference": summarize(times[1]),
+    }
+
+
+def paired_ratios(subject_path: Path, reference_path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str, Any]:
+    """DenseCLIP / CLIP-baseline time ratios with both models resident, from alternating rounds of
+    batch-1 inference and of training iterations, per size (``--paired-repeats`` rounds each)."""
+    from detectron2.utils.events import EventStorage
+
+    autocast = autocast_context(args)
+    repeats = args.paired_repeats or args.repeats
+    cfgs = [load_config(p, args.device, args.opts, args.keep_score_thresh) for p in (subject_path, reference_path)]
+    models = [build_benchmark_model(cfg, args, calibration_size(args, sizes))[0] for cfg in cfgs]
+    out: Dict[str, Any] = {}
+    try:
+        for size in sizes:
+            entry: Dict[str, Any] = {}
+            out[f"{size[0]}x{size[1]}"] = entry
+            if not args.skip_inference:
+                single = make_inputs(synthetic_images(1, size, args.seed), args.device)
+                for m in models:
+                    m.eval()
+                with torch.no_grad(), autocast():
+                    a, b = (lambda m=m: m(single) for m in models)
+                    entry["inference"] = time_alternating(a, b, args.warmup, repeats, args.device)
+            if not args.skip_train:
+                steps = [TrainStep(m, size, model_num_classes(m, cfg), args, autocast) for m, cfg in zip(models, cfgs)]
+                try:
+                    with EventStorage(0):
+                        entry["train"] = time_alternating(steps[0], steps[1], args.warmup, repeats, args.device)
+                finally:
+                    for step in steps:
+                        step.close()
+            gc.collect()
+    finally:
+        del models
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 # ==================================================================================== comparisons & targets
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or b == 0:
@@ -931,8 +1037,10 @@ def find_pairs(results: List[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Dict
     return pairs
 
 
-def compare(a: Dict[str, Any], b: Dict[str, Any], kind: str) -> Dict[str, Any]:
-    comp: Dict[str, Any] = {"subject": a["name"], "reference": b["name"], "kind": kind, "sizes": {}}
+def compare(a: Dict[str, Any], b: Dict[str, Any], kind: str, paired: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Ratios subject / reference from the per-config results, and the paired rounds' ratios
+    (``paired_ratios``) where they were measured."""
+    comp: Dict[str, Any] = {"subject": a["name"], "reference": b["name"], "kind": kind, "sizes": {}, "paired": paired}
     comp["flops_ratio"] = _ratio(_get(a, "flops", "gflops"), _get(b, "flops", "gflops"))
     comp["params_ratio"] = _ratio(_get(a, "params", "total"), _get(b, "params", "total"))
     comp["params_excluding_frozen_text_ratio"] = _ratio(_get(a, "params", "excluding_frozen_text_encoder"),
@@ -962,6 +1070,16 @@ def _check(name: str, value: Optional[float], limit: str, passed: Optional[bool]
     return {"check": name, "value": value, "target": limit, "status": status, "note": note}
 
 
+def _target_ratio(comp: Dict[str, Any], size: str, phase: str, separate: Optional[float]) -> Tuple[Optional[float], str]:
+    """The ratio a time target is checked on: the paired rounds' median where measured (steady
+    under a drifting machine speed), else the ratio of the separately timed phases."""
+    paired = _get(comp, "paired", size, phase, "ratio")
+    if paired is None:
+        return separate, "separate phases"
+    return paired["median"], (f"median of {paired['rounds']} alternating rounds (IQR {paired['q1']:.3f}–"
+                              f"{paired['q3']:.3f}); separate phases {_fmt(separate, 3)}")
+
+
 def evaluate_targets(results: List[Dict[str, Any]], comparisons: List[Dict[str, Any]], args) -> List[Dict[str, Any]]:
     checks = []
     for comp in comparisons:
@@ -969,14 +1087,13 @@ def evaluate_targets(results: List[Dict[str, Any]], comparisons: List[Dict[str, 
             continue
         label = f"{comp['subject']} / {comp['reference']}"
         for size, s in comp["sizes"].items():
-            lim = TARGETS["inference_time_ratio_max"]
-            v = s["inference_time_ratio"]
-            checks.append(_check(f"inference time ratio {label} @{size}", v, f"<= {lim:.2f}",
-                                 None if v is None else v <= lim))
-            lim = TARGETS["train_time_ratio_max"]
-            v = s["train_time_ratio"]
-            checks.append(_check(f"training time ratio {label} @{size}", v, f"<= {lim:.2f}",
-                                 None if v is None else v <= lim))
+            for phase, what, key, lim in (
+                ("inference", "inference", "inference_time_ratio", TARGETS["inference_time_ratio_max"]),
+                ("train", "training", "train_time_ratio", TARGETS["train_time_ratio_max"]),
+            ):
+                v, note = _target_ratio(comp, size, phase, s[key])
+                checks.append(_check(f"{what} time ratio {label} @{size}", v, f"<= {lim:.2f}",
+                                     None if v is None else v <= lim, note))
     tol = TARGETS["flops_rel_tolerance"]
     for r in results:
         paper = r.get("paper")
@@ -1095,6 +1212,17 @@ def render_markdown(report: Dict[str, Any]) -> str:
                 f"{_fmt(s.get('train_memory_ratio'), 3)} | {_fmt(s.get('inference_memory_ratio'), 3)} | "
                 f"{_fmt(c['flops_ratio'], 3)} | {_fmt(c['params_ratio'], 3)} |"
             )
+    paired_rows = [(c, size, phase, _get(stats, "ratio"), stats) for c in report["comparisons"]
+                   for size, phases in (c.get("paired") or {}).items() for phase, stats in phases.items()]
+    if paired_rows:
+        lines += ["", "## Paired rounds (subject / reference, both resident, timed in alternation)", "",
+                  "| subject | reference | size | phase | ratio: median (IQR; min–max) | rounds | subject ms | reference ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c, size, phase, r, stats in paired_rows:
+            lines.append(
+                f"| {c['subject']} | {c['reference']} | {size} | {phase} | {r['median']:.3f} ({r['q1']:.3f}–{r['q3']:.3f}; "
+                f"{r['min']:.3f}–{r['max']:.3f}) | {r['rounds']} | {_time_cell(stats['subject'])} | "
+                f"{_time_cell(stats['reference'])} |")
     lines += ["", "## Targets", "", "| check | value | target | status | note |", "|---|---|---|---|---|"]
     for ch in report["checks"]:
         lines.append(f"| {ch['check']} | {_fmt(ch['value'], 3)} | {ch['target']} | **{ch['status']}** | {ch['note']} |")
@@ -1151,6 +1279,8 @@ def print_summary(report: Dict[str, Any]) -> None:
             bits.append(f"@{size}: train x{_fmt(s['train_time_ratio'], 3)}, infer x{_fmt(s['inference_time_ratio'], 3)}, "
                         f"throughput x{_fmt(s['throughput_ratio'], 3)}, train mem x{_fmt(s['train_memory_ratio'], 3)}, "
                         f"infer mem x{_fmt(s['inference_memory_ratio'], 3)}")
+        for size, phases in (c.get("paired") or {}).items():
+            bits += [f"@{size} paired {phase} x{stats['ratio']['median']:.3f}" for phase, stats in phases.items()]
         print(f"{c['subject']} / {c['reference']}: " + "; ".join(bits))
     for ch in report["checks"]:
         print(f"[{ch['status']}] {ch['check']}: {_fmt(ch['value'], 3)} (target {ch['target']}){' - ' + ch['note'] if ch['note'] else ''}")
@@ -1173,8 +1303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logger.setLevel(logging.INFO)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    if args.warmup < 0 or args.repeats < 1:
-        raise SystemExit("--warmup must be >= 0 and --repeats >= 1")
+    if args.warmup < 0 or args.repeats < 1 or args.paired_repeats < 0:
+        raise SystemExit("--warmup and --paired-repeats must be >= 0 and --repeats >= 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     import denseclip  # noqa: F401  (registers the project's meta-architectures and backbones)
@@ -1202,6 +1332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "skip_train": args.skip_train,
             "skip_inference": args.skip_inference,
             "skip_flops": args.skip_flops,
+            "skip_paired": args.skip_paired,
+            "paired_repeats": args.paired_repeats or args.repeats,
             "opts": list(args.opts),
             "configs": [str(p) for p in paths],
         },
@@ -1211,7 +1343,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for path in paths:
         logger.info("=== %s", path)
         report["results"].append(benchmark_config(path, args, sizes))
-    report["comparisons"] = [compare(a, b, kind) for a, b, kind in find_pairs(report["results"])]
+    report["comparisons"] = []
+    for a, b, kind in find_pairs(report["results"]):
+        paired = None
+        if kind == "denseclip_vs_clip_baseline" and not args.skip_paired and not (args.skip_train and args.skip_inference):
+            logger.info("=== paired rounds: %s / %s", a["name"], b["name"])
+            try:
+                paired = paired_ratios(Path(a["config"]), Path(b["config"]), args, sizes)
+            except Exception as e:  # the separately timed ratios still stand
+                logger.exception("paired rounds %s / %s failed", a["name"], b["name"])
+                a["errors"]["paired"] = repr(e)
+        report["comparisons"].append(compare(a, b, kind, paired))
     report["checks"] = evaluate_targets(report["results"], report["comparisons"], args)
     report["all_targets_passed"] = all(c["status"] != "FAIL" for c in report["checks"])
 
