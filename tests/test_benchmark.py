@@ -50,6 +50,8 @@ def report(tmp_path_factory):
         "--repeats", "2",
         "--batch-train", "2",
         "--batch-throughput", "2",
+        "--profile",
+        "--peak-tflops", "1.0",
         "--output-json", str(out / "bench.json"),
         "--output-md", str(out / "bench.md"),
         "--opts", *TINY_OPTS,
@@ -104,6 +106,17 @@ def test_every_config_has_times_memory_flops_params(report):
         assert entry["throughput"]["batch"] == 2
         for key in ("images_per_s", "images_per_s_min", "images_per_s_max", "images_per_s_q1", "images_per_s_q3"):
             assert _is_number(entry["throughput"][key])
+        util = entry["utilization"]
+        assert util["peak_tflops"] == 1.0 and util["gmacs_per_image"] == flops["gflops"]  # FLOPs counted at this size
+        for phase in ("inference", "throughput", "train"):
+            assert _is_number(util[phase]["achieved_tflops"]) and util[phase]["achieved_tflops"] > 0
+            assert util[phase]["fraction_of_peak"] == pytest.approx(util[phase]["achieved_tflops"] / 1.0)
+        profile = entry["profile"]
+        assert profile["sort_by"] == "self_cpu_time_total" and profile["repeats"] == 2
+        assert 0 < len(profile["ops"]) <= benchmark.PROFILE_TOP_OPS
+        assert any(op["op"] == "aten::mkldnn_convolution" or "conv" in op["op"] for op in profile["ops"])
+        assert all(_is_number(op["self_ms"]) and op["calls"] >= 1 for op in profile["ops"])
+        assert profile["ops"] == sorted(profile["ops"], key=lambda op: -op["self_ms"])
         components = entry["breakdown"]["components"]
         for key in ("preprocess", "image_encoder", "fpn", "proposal_generator", "roi_heads", "other", "total"):
             assert key in components
@@ -166,7 +179,8 @@ def test_markdown_report(report):
     assert "# DenseCLIP benchmark" in text
     assert data["command"] in text
     assert "mask_rcnn_denseclip_R50_FPN_1x" in text and "## Targets" in text
-    assert "## Paired rounds" in text
+    assert "## Paired rounds" in text and "## Top operators of inference" in text
+    assert "Utilisation of 1.0 TFLOP/s peak" in text
 
 
 def test_alternating_rounds_swap_the_order_and_pair_every_round():
@@ -225,3 +239,21 @@ def test_stock_detectron2_config_is_detectron2s_r50_fpn(make_cfg):
     assert list(cfg.MODEL.PIXEL_MEAN) == [103.530, 116.280, 123.675] and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
     assert cfg.INPUT.FORMAT == "BGR" and cfg.MODEL.MASK_ON
     assert benchmark.describe_config(cfg)["variant"] == "detectron2"
+
+
+def test_utilization_arithmetic_and_gpu_peaks():
+    entry = {"inference": {"batch": 1, "median_ms": 100.0}, "throughput": {"batch": 8, "median_ms": 400.0},
+             "train": {"batch": 2, "median_ms": 1000.0}}
+    util = benchmark.utilization(entry, gmacs_per_image=10.0, peak=4.0)
+    # 10 images/s x 10 GMACs x 2 flops = 0.2 TFLOP/s; 20 images/s -> 0.4; training 2 images/s x 3 -> 0.12.
+    assert util["inference"]["achieved_tflops"] == pytest.approx(0.2)
+    assert util["throughput"]["achieved_tflops"] == pytest.approx(0.4)
+    assert util["train"]["achieved_tflops"] == pytest.approx(0.12)
+    assert util["train"]["fraction_of_peak"] == pytest.approx(0.03)
+    args = benchmark.build_parser().parse_args([])
+    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 989.4
+    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 PCIe"}) == 756.5
+    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H200"}) == 989.4
+    assert benchmark.peak_tflops(args, {"gpu": None}) is None  # CPU: no assumed peak
+    args = benchmark.build_parser().parse_args(["--peak-tflops", "2.5"])
+    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 2.5

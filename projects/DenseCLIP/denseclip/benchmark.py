@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-inference", action="store_true", help="skip latency, throughput and breakdown")
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument("--skip-breakdown", action="store_true", help="skip the per-component inference breakdown")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="peak TFLOP/s for the utilisation figures (default on CUDA: the GPU's dense fp16/bf16 "
+                   "peak from a table; on CPU none is assumed and utilisation is not reported)")
+    p.add_argument("--profile", action="store_true",
+                   help="also run torch.profiler over batch-1 inference and report the top operators by self time")
     p.add_argument("--skip-paired", action="store_true",
                    help="skip the paired rounds (DenseCLIP and its CLIP baseline resident together, timed in "
                    "alternation); the time targets are then checked on the separately timed phases")
@@ -179,6 +184,40 @@ def machine_info(device: str) -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+# Dense fp16/bf16 tensor-core peaks (TFLOP/s, vendor data sheets), by substring of the GPU name; the
+# first match wins. Utilisation is reported against this peak for fp32 and AMP runs alike.
+GPU_PEAK_TFLOPS = (
+    ("H200", 989.4),
+    ("H100 PCIe", 756.5),
+    ("H100", 989.4),
+    ("A100", 312.0),
+    ("V100", 125.0),
+)
+
+
+def peak_tflops(args, machine: Dict[str, Any]) -> Optional[float]:
+    """--peak-tflops, else the table's fp16/bf16 peak of the GPU benchmarked (None on CPU)."""
+    if args.peak_tflops:
+        return args.peak_tflops
+    gpu = machine.get("gpu") or ""
+    return next((peak for name, peak in GPU_PEAK_TFLOPS if name in gpu), None)
+
+
+def utilization(entry: Dict[str, Any], gmacs_per_image: float, peak: float) -> Dict[str, Any]:
+    """Achieved FLOP/s (2 flops per multiply-add, as hardware peaks count) of the timed phases, and
+    their fraction of ``peak``. Training counts 3x the inference FLOPs (forward + backward), an estimate."""
+    out: Dict[str, Any] = {"gmacs_per_image": gmacs_per_image, "peak_tflops": peak,
+                           "training_flops": "3 x inference FLOPs per image (estimate)"}
+    for phase, factor in (("inference", 1.0), ("throughput", 1.0), ("train", 3.0)):
+        timing = entry.get(phase)
+        if not timing:
+            continue
+        images_per_s = timing["batch"] * 1000.0 / timing["median_ms"]
+        achieved = 2.0 * factor * gmacs_per_image * images_per_s / 1000.0
+        out[phase] = {"achieved_tflops": achieved, "fraction_of_peak": achieved / peak}
+    return out
 
 
 # ==================================================================================== configs
@@ -691,6 +730,34 @@ def breakdown_inference(model: torch.nn.Module, inputs, warmup: int, repeats: in
     }
 
 
+PROFILE_TOP_OPS = 15
+
+
+def profile_inference(model: torch.nn.Module, inputs, repeats: int, device: str, autocast: Callable) -> Dict[str, Any]:
+    """torch.profiler over ``repeats`` batch-1 inferences (after one untimed): the operators with the
+    most self time (device time on CUDA), per inference."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    model.eval()
+    with torch.no_grad(), autocast():
+        model(inputs)
+        with profile(activities=activities) as prof:
+            for _ in range(repeats):
+                model(inputs)
+            synchronize(device)
+    events = prof.key_averages()
+    total_ms = sum(getattr(e, attr) for e in events) / 1000.0 / repeats
+    top = sorted(events, key=lambda e: -getattr(e, attr))[:PROFILE_TOP_OPS]
+    return {
+        "sort_by": attr,
+        "repeats": repeats,
+        "total_self_ms": total_ms,
+        "ops": [{"op": e.key, "self_ms": getattr(e, attr) / 1000.0 / repeats, "calls": e.count // repeats} for e in top],
+    }
+
+
 # ==================================================================================== random-weight workloads
 def calibrate_frozen_batchnorm(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> int:
     """Set the statistics of every FrozenBatchNorm2d from one forward pass on ``inputs``.
@@ -766,7 +833,8 @@ def build_benchmark_model(cfg, args, calibration: Tuple[int, int]) -> Tuple[torc
     return model, calibrated
 
 
-def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str, Any]:
+def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]], peak: Optional[float] = None) -> Dict[str, Any]:
+    """Everything measured for one config; ``peak`` (TFLOP/s) adds utilisation figures."""
     device = args.device
     cfg = load_config(path, device, args.opts, args.keep_score_thresh)
     desc = describe_config(cfg)
@@ -821,6 +889,13 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str
             except Exception as e:
                 logger.exception("[%s] inference benchmark failed", name)
                 result["errors"][f"inference@{key}"] = repr(e)
+            if args.profile:
+                try:
+                    images = synthetic_images(1, size, args.seed)
+                    entry["profile"] = profile_inference(model, make_inputs(images, device), args.repeats, device, autocast)
+                except Exception as e:
+                    logger.exception("[%s] profile failed", name)
+                    result["errors"][f"profile@{key}"] = repr(e)
             if not args.skip_breakdown:
                 try:
                     images = synthetic_images(1, size, args.seed)
@@ -830,6 +905,14 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]]) -> Dict[str
                     logger.exception("[%s] breakdown failed", name)
                     result["errors"][f"breakdown@{key}"] = repr(e)
             gc.collect()
+        if peak is not None and not args.skip_flops:
+            try:
+                gmacs = (_get(result, "flops", "gflops") if tuple(size) == tuple(args.flops_size)
+                         else count_flops(model, make_inputs(synthetic_images(1, size, args.seed), device))["gflops"])
+                entry["utilization"] = utilization(entry, gmacs, peak)
+            except Exception as e:
+                logger.exception("[%s] utilisation failed", name)
+                result["errors"][f"utilization@{key}"] = repr(e)
     del model
     gc.collect()
     if device == "cuda":
@@ -1200,6 +1283,17 @@ def render_markdown(report: Dict[str, Any]) -> str:
                        for ph in ("train", "inference") if _get(r, "sizes", size, ph, "memory", "method")), None)
         if method:
             lines += ["", f"Memory: {method}."]
+        utils = [(r["name"], _get(r, "sizes", size, "utilization")) for r in report["results"]]
+        utils = [(n, u) for n, u in utils if u]
+        if utils:
+            lines += ["", f"Utilisation of {a['peak_tflops']:.1f} TFLOP/s peak (2 flops per multiply-add; training "
+                      "counts 3x the inference FLOPs, an estimate):", "",
+                      "| config | GMACs / image | inference TFLOP/s (of peak) | throughput TFLOP/s (of peak) | train TFLOP/s (of peak) |",
+                      "|---|---|---|---|---|"]
+            for name, u in utils:
+                cells = [f"{u[ph]['achieved_tflops']:.2f} ({u[ph]['fraction_of_peak']:.1%})" if ph in u else "–"
+                         for ph in ("inference", "throughput", "train")]
+                lines.append(f"| {name} | {u['gmacs_per_image']:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "## Ratios (subject / reference)", "",
               "| subject | reference | size | train time | inference time | throughput | train mem | inference mem | FLOPs | params |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -1235,6 +1329,15 @@ def render_markdown(report: Dict[str, Any]) -> str:
             lines += [f"**{name} @{size}**", "", "| component | ms | share |", "|---|---|---|"]
             for k, v in comps.items():
                 lines.append(f"| {k} | {v['median_ms']:.2f} | {v['fraction']:.1%} |")
+            lines.append("")
+    profiles = [(r["name"], size, e["profile"]) for r in report["results"]
+                for size, e in r.get("sizes", {}).items() if e.get("profile")]
+    if profiles:
+        lines += ["## Top operators of inference (torch.profiler, batch 1, self time per inference)", ""]
+        for name, size, prof in profiles:
+            lines += [f"**{name} @{size}** (all operators: {prof['total_self_ms']:.1f} ms)", "",
+                      "| operator | self ms | calls |", "|---|---|---|"]
+            lines += [f"| {op['op']} | {op['self_ms']:.2f} | {op['calls']} |" for op in prof["ops"]]
             lines.append("")
     flops_parts = [(r["name"], r["flops"]["by_component_gflops"]) for r in report["results"] if r.get("flops")]
     if flops_parts:
@@ -1312,10 +1415,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     paths = [resolve_config_path(p) for p in args.configs]
     sizes = list(dict.fromkeys(tuple(s) for s in args.sizes))
     command = "python -m denseclip.benchmark " + " ".join(shlex.quote(a) for a in argv)
+    machine = machine_info(args.device)
+    peak = peak_tflops(args, machine)
     report: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "machine": machine_info(args.device),
+        "machine": machine,
         "settings": {
             "device": args.device,
             "amp": args.amp,
@@ -1333,6 +1438,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "skip_inference": args.skip_inference,
             "skip_flops": args.skip_flops,
             "skip_paired": args.skip_paired,
+            "profile": args.profile,
+            "peak_tflops": peak,
             "paired_repeats": args.paired_repeats or args.repeats,
             "opts": list(args.opts),
             "configs": [str(p) for p in paths],
@@ -1342,7 +1449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     for path in paths:
         logger.info("=== %s", path)
-        report["results"].append(benchmark_config(path, args, sizes))
+        report["results"].append(benchmark_config(path, args, sizes, peak))
     report["comparisons"] = []
     for a, b, kind in find_pairs(report["results"]):
         paired = None
