@@ -120,6 +120,36 @@ def test_learnable_forward_matches_manual_computation(tiny_clip):
     torch.testing.assert_close(actual, torch.stack(rows), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prompt", ["learnable", "template"])
+def test_shared_prefix_encoding_equals_the_full_sequences_and_their_gradients(tiny_clip, prompt):
+    """SOT and the context (or a template's first words) are encoded once for all classes."""
+    kwargs = {"n_context": 0, "context_length": 20} if prompt == "template" else {}
+    encoder = PromptTextEncoder(tiny_clip, prompt=prompt, **kwargs)
+    names = ["cat", "traffic light", "hot dog", "tennis racket"]
+    ids = encoder.tokenize(names)
+    tokens = encoder.clip_text.token_embedding(ids)
+    if encoder.context is not None:
+        context = encoder.context.unsqueeze(0).expand(len(names), -1, -1)
+        tokens = torch.cat([tokens[:, :1], context, tokens[:, 9:]], dim=1)
+    expected_prefix = 9 if prompt == "learnable" else 5  # SOT + 8 context / SOT "a photo of a"
+    assert int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum()) == expected_prefix
+    blocks = encoder.clip_text.transformer.resblocks
+    calls = []
+    handles = [b.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[:2])) for b in blocks]
+    try:
+        shared = encoder.clip_text(tokens, ids.argmax(dim=-1), expected_prefix)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [(1, expected_prefix)] * len(blocks)  # whole blocks run only on the one shared prefix
+    full = encoder.clip_text(tokens, ids.argmax(dim=-1), 0)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    if encoder.context is not None:
+        (grad_shared,) = torch.autograd.grad(shared.pow(2).sum(), encoder.context)
+        (grad_full,) = torch.autograd.grad(full.pow(2).sum(), encoder.context)
+        torch.testing.assert_close(grad_shared, grad_full, atol=1e-4, rtol=1e-4)
+
+
 def test_learnable_context_trains_while_text_tower_is_frozen(tiny_clip):
     encoder = PromptTextEncoder(tiny_clip)
     assert encoder.width == TINY_WIDTH and encoder.embed_dim == TINY_EMBED_DIM

@@ -89,19 +89,45 @@ class FrozenCLIPText(nn.Module):
             return self.text_projection.out_features
         return self.text_projection.shape[1]
 
-    def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
         """Encode K sequences of token embeddings (K x L x width) and pool each at its EOT position.
 
-        Returns K x embed_dim text embeddings, as ``CLIP.encode_text`` computes them.
+        Returns K x embed_dim text embeddings, as ``CLIP.encode_text`` computes them. Under the
+        causal mask a token's state depends only on the tokens before it, so tokens after the last
+        EOT are dropped, and the first ``shared_prefix`` tokens, identical in every sequence (SOT
+        and the learnable context), are encoded once instead of once per class.
         """
         cast_dtype = self.transformer.get_cast_dtype()
-        x = token_embeddings.to(cast_dtype) + self.positional_embedding.to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        length = int(eot_index.max()) + 1
+        x = token_embeddings[:, :length].to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
+        mask = self.attn_mask[:length, :length]
+        prefix = min(shared_prefix, int(eot_index.min()))  # every EOT stays in the per-class part
+        if prefix > 0:
+            x = self._encode_after_shared_prefix(x, mask, prefix)
+            eot_index = eot_index - prefix
+        else:
+            x = self.transformer(x, attn_mask=mask)
         # LayerNorm acts per token, so normalising only the pooled token equals CLIP's order.
         x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+    def _encode_after_shared_prefix(self, x: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The transformer's output for tokens ``prefix:`` of every sequence, the first ``prefix``
+        tokens (the same in every row) run once: each block's per-class tokens attend to the
+        block's input for the shared prefix and for themselves, exactly as in the full sequence."""
+        if not getattr(self.transformer, "batch_first", True):
+            raise ValueError("shared-prefix encoding needs a batch-first open_clip text transformer")
+        shared, own = x[:1, :prefix], x[:, prefix:]
+        for block in self.transformer.resblocks:
+            normed_shared = block.ln_1(shared).expand(own.shape[0], -1, -1)
+            normed_own = block.ln_1(own)
+            keys = torch.cat([normed_shared, normed_own], dim=1)
+            own = own + block.ls_1(block.attention(q_x=normed_own, k_x=keys, v_x=keys, attn_mask=mask[prefix:]))
+            own = own + block.ls_2(block.mlp(block.ln_2(own)))
+            shared = block(shared, attn_mask=mask[:prefix, :prefix])
+        return own
 
 
 class PromptTextEncoder(nn.Module):
@@ -289,4 +315,6 @@ class PromptTextEncoder(nn.Module):
         if self.context is not None:
             context = self.context.to(embeddings.dtype).unsqueeze(0).expand(len(class_names), -1, -1)
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
-        return self.clip_text(embeddings, ids.argmax(dim=-1))
+        # Leading tokens equal in every prompt (SOT, the context placeholders, a template's start).
+        shared_prefix = int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum())
+        return self.clip_text(embeddings, ids.argmax(dim=-1), shared_prefix)
