@@ -7,6 +7,7 @@ import torch
 
 from denseclip.clip_loading import register_model_config
 from denseclip.text import ContextDecoder, PromptTextEncoder
+from denseclip.text.prompt_encoder import shared_prefix_length
 
 SOT, EOT = 49406, 49407
 TINY_EMBED_DIM, TINY_WIDTH = 256, 128
@@ -132,7 +133,7 @@ def test_shared_prefix_encoding_equals_the_full_sequences_and_their_gradients(ti
         context = encoder.context.unsqueeze(0).expand(len(names), -1, -1)
         tokens = torch.cat([tokens[:, :1], context, tokens[:, 9:]], dim=1)
     expected_prefix = 9 if prompt == "learnable" else 5  # SOT + 8 context / SOT "a photo of a"
-    assert int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum()) == expected_prefix
+    assert shared_prefix_length(ids) == expected_prefix
     blocks = encoder.clip_text.transformer.resblocks
     calls = []
     handles = [b.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[:2])) for b in blocks]
@@ -148,6 +149,12 @@ def test_shared_prefix_encoding_equals_the_full_sequences_and_their_gradients(ti
         (grad_shared,) = torch.autograd.grad(shared.pow(2).sum(), encoder.context)
         (grad_full,) = torch.autograd.grad(full.pow(2).sum(), encoder.context)
         torch.testing.assert_close(grad_shared, grad_full, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_length():
+    assert shared_prefix_length(torch.tensor([[5, 0, 0, 7, 9], [5, 0, 0, 8, 9]])) == 3
+    assert shared_prefix_length(torch.tensor([[5, 1], [6, 1]])) == 0  # differs at the first token
+    assert shared_prefix_length(torch.tensor([[5, 0, 7]])) == 3  # one row: all of it
 
 
 def test_learnable_context_trains_while_text_tower_is_frozen(tiny_clip):

@@ -33,6 +33,12 @@ def _clip_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
+def shared_prefix_length(ids: torch.Tensor) -> int:
+    """Number of leading tokens equal in every row of ``ids`` (K x L): SOT and the context
+    placeholders of learnable prompts, SOT and a template's first words."""
+    return int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum())
+
+
 class FrozenCLIPText(nn.Module):
     """The text tower of an open_clip ``CLIP`` model, shortened to ``context_length`` and frozen.
 
@@ -315,6 +321,4 @@ class PromptTextEncoder(nn.Module):
         if self.context is not None:
             context = self.context.to(embeddings.dtype).unsqueeze(0).expand(len(class_names), -1, -1)
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
-        # Leading tokens equal in every prompt (SOT, the context placeholders, a template's start).
-        shared_prefix = int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum())
-        return self.clip_text(embeddings, ids.argmax(dim=-1), shared_prefix)
+        return self.clip_text(embeddings, ids.argmax(dim=-1), shared_prefix_length(ids))
