@@ -114,13 +114,13 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
 
 @META_ARCH_REGISTRY.register()
 class TopKRetinaNet(TopKCandidateDecoding, RetinaNet):
-    """Detectron2's RetinaNet with the exact, fast top-k candidate selection of DenseCLIPRetinaNet
-    (same detections, same weights). The CLIP baselines use it, so that they and DenseCLIP differ
+    """Detectron2's RetinaNet with an exact, fast top-k candidate selection (same detections, same
+    weights). DenseCLIPRetinaNet builds on it and the CLIP baselines use it, so that the two differ
     only in what DenseCLIP adds."""
 
 
 @META_ARCH_REGISTRY.register()
-class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKCandidateDecoding, RetinaNet):
+class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
     """RetinaNet with DenseCLIP's backbone and, by default, the language-guided head."""
 
     @classmethod
