@@ -12,19 +12,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-def load_config(config_file: str, opts: Sequence = ()):
-    """A frozen-free Detectron2 config from configs/, on CPU, with random CLIP weights."""
-    from detectron2.config import get_cfg
+def load_config(config_file: str, opts: Sequence = (), resolve_classes: bool = True):
+    """An unfrozen config from configs/ (``build_config``), on CPU, with random CLIP weights."""
+    from denseclip.engine import build_config
 
-    from denseclip import add_denseclip_config
+    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", *opts]
+    return build_config(str(CONFIG_DIR / config_file), opts, resolve_classes=resolve_classes)
 
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG_DIR / config_file))
-    cfg.MODEL.CLIP.PRETRAINED = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.merge_from_list(list(opts))
-    return cfg
+
+# MODEL.DENSECLIP.HEAD "stock": Detectron2's heads with class-specific boxes and masks.
+STOCK_HEAD_OPTS = [
+    "MODEL.DENSECLIP.HEAD", "stock",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False,
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", False,
+]
 
 
 @pytest.fixture

@@ -111,7 +111,10 @@ def test_shapes_and_strides(model_name):
     backbone.eval()
     expected = EXPECTED_CHANNELS[model_name]
     shapes = backbone.output_shape()
+    embeddings = {k: shapes.pop(k) for k in (CLIP_DENSE, CLIP_GLOBAL)}  # declared like the stages
     assert {k: v.stride for k, v in shapes.items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    assert embeddings[CLIP_DENSE].stride == expected["dense_stride"]
+    assert embeddings[CLIP_DENSE].channels == embeddings[CLIP_GLOBAL].channels == expected["embed"]
     assert backbone.size_divisibility == 32
     for h, w in SIZES:
         with torch.no_grad():

@@ -10,11 +10,10 @@ from typing import Dict, Iterator, List
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from denseclip import add_denseclip_config
 from denseclip.data import (
@@ -301,7 +300,8 @@ def test_validation_rejects_files_that_are_not_coco(tmp_path):
     with pytest.raises(ValueError, match="broken.json is not valid JSON"):
         validate_coco_json(broken)
     not_coco = write_json(tmp_path / "labels.json", {"images": [], "labels": []})
-    with pytest.raises(ValueError, match=r"labels.json is not a COCO instances json: missing key\(s\) \['annotations', 'categories'\]") as e:
+    missing = r"labels.json is not a COCO instances json: missing key\(s\) \['annotations', 'categories'\]"
+    with pytest.raises(ValueError, match=missing) as e:
         register_coco_json("test_data_not_coco", not_coco, tmp_path)
     assert '"categories" (a list of {"id", "name"})' in str(e.value)
     assert "test_data_not_coco" not in DatasetCatalog.list()

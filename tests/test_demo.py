@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, STOCK_HEAD_OPTS, load_config
 
 MASK_RCNN = "COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml"
 RETINANET = "COCO/retinanet_denseclip_R50_FPN_1x.yaml"
@@ -152,7 +151,7 @@ def test_vocabulary_parsing_and_cli_errors(capsys):
     assert parse_vocabulary(None) is None
     with pytest.raises(ValueError, match="no class name"):
         parse_vocabulary(" , ")
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="duplicate class names.*: cat"):
         parse_vocabulary("cat,sofa,cat")
     with pytest.raises(SystemExit) as exit_info:
         get_parser().parse_args(["--config-file", "x.yaml", "--input", "a.jpg", "--output", "o", "--vocabulary", " ,"])
@@ -208,12 +207,11 @@ def test_score_maps_undo_padding():
 
 
 def test_predictor_score_maps_and_class_names_from_vocabulary(photos):
-    from denseclip.modeling import SCORE_MAP
     from denseclip.predictor import DenseCLIPPredictor
 
     # No CLASS_NAMES and unregistered datasets: the model is built with the vocabulary.
     cfg = load_config(MASK_RCNN, FAST_OPTS + ["DATASETS.TRAIN", ("demo_unregistered",), "DATASETS.TEST", ("demo_unregistered",),
-                                              "INPUT.FORMAT", "RGB"])
+                                              "INPUT.FORMAT", "RGB"], resolve_classes=False)
     predictor = DenseCLIPPredictor(cfg, vocabulary=VOCABULARY)
     assert predictor.class_names == VOCABULARY_NAMES and predictor.model.roi_heads.num_classes == 3
     with pytest.raises(ValueError, match="class names"):
@@ -239,7 +237,7 @@ def test_predictor_score_maps_and_class_names_from_vocabulary(photos):
     # They are the sigmoid of the backbone's logits (cosine / 0.07) upsampled over the image.
     with torch.no_grad():
         images = predictor.model.preprocess_image([inputs])
-        logits = predictor.model.backbone(images.tensor)[SCORE_MAP][0]
+        logits = predictor.model.extract_features(images).score_map[0]
     assert images.tensor.shape[-2:] != images.image_sizes[0]  # this input is padded
     lo, hi = torch.sigmoid(logits.min()).item(), torch.sigmoid(logits.max()).item()
     assert lo - 1e-6 <= maps.min() and maps.max() <= hi + 1e-6
@@ -249,7 +247,7 @@ def test_predictor_score_maps_and_class_names_from_vocabulary(photos):
     assert predictor(image)["instances"].pred_classes.max() <= 1
 
     # Stock heads keep their training classes: a clear error, nothing changed.
-    stock = DenseCLIPPredictor(load_config(MASK_RCNN, FAST_OPTS + ["MODEL.DENSECLIP.HEAD", "stock"]))
+    stock = DenseCLIPPredictor(load_config(MASK_RCNN, FAST_OPTS + STOCK_HEAD_OPTS))
     assert len(stock.class_names) == 80 and stock.metadata.thing_classes == stock.class_names
     with pytest.raises(ValueError, match="language-guided"):
         stock.set_vocabulary(VOCABULARY)

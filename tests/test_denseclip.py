@@ -2,11 +2,12 @@
 steps, inference), overfitting, and the inference-time vocabulary swap."""
 import pytest
 import torch
+from conftest import STOCK_HEAD_OPTS
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from denseclip.modeling import SCORE_MAP, TEXT_EMBEDDINGS, box_target_maps, pixel_text_loss, pixel_text_score_map
+from denseclip.modeling import box_target_maps, pixel_text_loss, pixel_text_score_map
 
 TINY_CLIP = ["MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json"]
 
@@ -37,18 +38,17 @@ def train_steps(model, batch, steps: int, lr: float = 1e-3):
 @pytest.mark.parametrize("config_file", ["COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", "COCO/retinanet_denseclip_R50_FPN_1x.yaml"])
 def test_score_maps_are_concatenated_into_the_fpn(config_file, num_classes, make_cfg):
     model = build_model(make_cfg(config_file, tiny_opts(num_classes))).eval()
-    backbone = model.backbone
-    res5 = backbone.image_encoder.output_shape()["res5"].channels
-    assert backbone.fpn.fpn_lateral5.in_channels == res5 + num_classes
-    assert backbone.fpn.fpn_lateral5.weight.shape[1] == res5 + num_classes
+    res5 = model.backbone.output_shape()["res5"].channels
+    assert model.fpn.fpn_lateral5.in_channels == res5 + num_classes
+    assert model.fpn.fpn_lateral5.weight.shape[1] == res5 + num_classes
     if "retinanet" in config_file:  # P6 is computed from res5 with its score maps
-        assert backbone.fpn.top_block.p6.in_channels == res5 + num_classes
+        assert model.fpn.top_block.p6.in_channels == res5 + num_classes
     with torch.no_grad():
-        out = backbone(torch.randn(2, 3, 128, 192))
-    score = out[SCORE_MAP]
+        out = model.extract_features(ImageList(torch.randn(2, 3, 128, 192), [(128, 192)] * 2))
+    score = out.score_map
     assert score.shape == (2, num_classes, 4, 6)
     assert score.abs().max() <= 1 / 0.07 + 1e-4
-    assert out[TEXT_EMBEDDINGS].shape == (2, num_classes, 256)
+    assert out.text_embeddings.shape == (2, num_classes, 256)
 
 
 def test_score_map_is_scaled_cosine_similarity():
@@ -110,13 +110,13 @@ def trainable_millions(model) -> float:
 def test_config_parameter_counts_train_steps_and_inference(config_file, make_cfg, make_batch):
     paper = DENSECLIP_CONFIGS[config_file]
     if paper is not None:
-        stock = build_model(make_cfg(config_file, ["MODEL.DENSECLIP.HEAD", "stock"]))
+        stock = build_model(make_cfg(config_file, STOCK_HEAD_OPTS))
         assert abs(trainable_millions(stock) - paper) / paper < 0.08, trainable_millions(stock)
         del stock
     model = build_model(make_cfg(config_file))  # language-guided heads, COCO's 80 class names
     assert len(model.class_names) == 80 and model.language_guided
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all("text_encoder.clip_text" in n for n in frozen)
+    assert frozen and all(n.startswith("text_side.prompt_encoder.clip_text.") for n in frozen)
     history = train_steps(model, make_batch(num_images=2, size=(96, 128), num_classes=80), steps=3, lr=1e-4)
     assert {"loss_cls", "loss_box_reg", "loss_pixel_text"} <= set(history[0])
     model.eval()
@@ -128,6 +128,7 @@ def test_config_parameter_counts_train_steps_and_inference(config_file, make_cfg
 def _overfit(config_file, make_cfg, tmp_path, steps):
     """Train on two generated shapes images; seeded, so the loss curve is reproducible."""
     from conftest import shapes_batch
+
     from denseclip.data import SYNTHETIC_CLASSES
 
     torch.manual_seed(0)
@@ -158,10 +159,10 @@ def test_overfitting_retinanet(make_cfg, tmp_path):
 def test_vocabulary_swap_without_rebuilding(config_file, make_cfg, monkeypatch):
     opts = tiny_opts(5, "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
     model = build_model(make_cfg(config_file, opts)).eval()
-    lateral_before = model.backbone.fpn.fpn_lateral5.weight.detach().clone()
+    lateral_before = model.fpn.fpn_lateral5.weight.detach().clone()
 
     calls = []
-    encoder = model.backbone.text_encoder
+    encoder = model.text_side.prompt_encoder
     original_forward = encoder.forward
     monkeypatch.setattr(encoder, "forward", lambda names: calls.append(list(names)) or original_forward(names))
 
@@ -175,14 +176,14 @@ def test_vocabulary_swap_without_rebuilding(config_file, make_cfg, monkeypatch):
         assert len(classes) > 0 and classes.max() <= 2
     # The FPN weight of a class kept from the training vocabulary is unchanged.
     res5 = lateral_before.shape[1] - 5
-    lateral = model.backbone.fpn.fpn_lateral5.weight
+    lateral = model.fpn.fpn_lateral5.weight
     assert lateral.shape[1] == res5 + 3
     torch.testing.assert_close(lateral[:, res5 + 1], lateral_before[:, res5 + 1])
     torch.testing.assert_close(lateral[:, res5], lateral_before[:, res5:].mean(dim=1))
 
     # Swapping back restores the trained model exactly.
     model.set_vocabulary([f"class {i}" for i in range(5)])
-    torch.testing.assert_close(model.backbone.fpn.fpn_lateral5.weight, lateral_before)
+    torch.testing.assert_close(model.fpn.fpn_lateral5.weight, lateral_before)
 
 
 def test_vocabulary_validation_and_stock_heads(make_cfg):
@@ -192,7 +193,7 @@ def test_vocabulary_validation_and_stock_heads(make_cfg):
     with pytest.raises(ValueError):
         model.set_vocabulary(["cat", "cat"])
     assert model.class_names == ["class 0", "class 1", "class 2"]  # nothing changed on error
-    stock = build_model(make_cfg("COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", tiny_opts(3, "MODEL.DENSECLIP.HEAD", "stock")))
+    stock = build_model(make_cfg("COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", tiny_opts(3, *STOCK_HEAD_OPTS)))
     with pytest.raises(RuntimeError, match="language-guided"):
         stock.set_vocabulary(["cat"])
 
@@ -201,8 +202,8 @@ def test_template_prompt_and_no_context_decoder(make_cfg, make_batch):
     opts = tiny_opts(3, "MODEL.DENSECLIP.PROMPT", "template", "MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH", 16,
                      "MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED", False)
     model = build_model(make_cfg("COCO/retinanet_denseclip_R50_FPN_1x.yaml", opts))
-    assert model.backbone.context_decoder is None
-    assert not any(p.requires_grad for p in model.backbone.text_encoder.parameters())
+    assert model.text_side.context_decoder is None
+    assert not any(p.requires_grad for p in model.text_side.prompt_encoder.parameters())
     history = train_steps(model, make_batch(num_classes=3), steps=1)
     assert all(torch.isfinite(torch.tensor(v)) for v in history[0].values())
 
@@ -215,3 +216,39 @@ def test_class_names_come_from_dataset_metadata(make_cfg):
     model = build_model(cfg)
     assert model.class_names == ["apple", "pear"]
     assert model.roi_heads.num_classes == 2
+
+
+def _first_layout_name(name: str) -> str:
+    """Parameter names of the first layout, where one DenseCLIPBackbone held every part."""
+    for new, old in (("backbone.", "backbone.image_encoder."), ("text_side.prompt_encoder.", "backbone.text_encoder."),
+                     ("text_side.context_decoder.", "backbone.context_decoder."), ("text_side.gamma", "backbone.gamma"),
+                     ("fpn.", "backbone.fpn.")):
+        if name.startswith(new):
+            return old + name[len(new):]
+    return name
+
+
+@pytest.mark.parametrize("config_file", ["COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", "COCO/retinanet_denseclip_R50_FPN_1x.yaml"])
+def test_checkpoint_of_the_first_layout_loads(config_file, make_cfg, tmp_path):
+    from denseclip.engine import AtomicDetectionCheckpointer
+
+    source = build_model(make_cfg(config_file, tiny_opts(3)))
+    old_state = {_first_layout_name(k): v for k, v in source.state_dict().items()}
+    for key in ("backbone.image_encoder.visual.conv1.weight", "backbone.text_encoder.context", "backbone.gamma",
+                "backbone.context_decoder.out_proj.1.weight", "backbone.fpn.fpn_lateral5.weight"):
+        assert key in old_state, key
+    path = tmp_path / "first_layout.pth"
+    torch.save({"model": old_state}, path)
+
+    torch.manual_seed(1)
+    target = build_model(make_cfg(config_file, tiny_opts(3)))
+    assert not torch.equal(target.fpn.fpn_lateral5.weight, source.fpn.fpn_lateral5.weight)
+    incompatible = AtomicDetectionCheckpointer(target)._load_model(torch.load(path))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    # Plain torch loading renames too (the meta-architecture's _load_from_state_dict).
+    again = build_model(make_cfg(config_file, tiny_opts(3)))
+    result = again.load_state_dict(dict(old_state), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(again.text_side.gamma, source.text_side.gamma)

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Sequence
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_exactly_equal
 import torch
 import torch.nn as nn
+from conftest import assert_exactly_equal
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import SimpleTrainer
@@ -25,7 +25,6 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from denseclip.engine import (
-    IMAGE_ENCODER_PREFIXES,
     AtomicDetectionCheckpointer,
     ConfigError,
     GradScalerOverflowLogger,
@@ -138,22 +137,32 @@ def training_metrics(out: Path) -> List[Dict[str, Any]]:
 
 
 class ToyCLIPDetector(nn.Module):
-    """Names like the real models: an image encoder under ``backbone.bottom_up``, a text tower,
-    learnable context, a positional embedding, a gamma, norm layers and a head."""
+    """Parts like the real models: an image encoder under ``backbone.bottom_up``, a text tower
+    (frozen unless asked), learnable context, a positional embedding, a gamma, norm layers and a
+    head; the model names the role of each parameter, as DenseCLIP models do."""
 
-    def __init__(self) -> None:
+    def __init__(self, freeze_text_tower: bool = True) -> None:
         super().__init__()
         self.backbone = nn.Module()
         self.backbone.bottom_up = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         self.backbone.fpn_lateral = nn.Conv2d(4, 4, 1)
-        self.text_encoder = nn.Module()
-        self.text_encoder.proj = nn.Linear(4, 4)
-        self.text_encoder.positional_embedding = nn.Parameter(torch.randn(5, 4))
-        self.text_encoder.context = nn.Parameter(torch.randn(8, 4))  # learnable prompt
+        self.text_tower = nn.Module()
+        self.text_tower.proj = nn.Linear(4, 4)
+        self.text_tower.positional_embedding = nn.Parameter(torch.randn(5, 4))
+        self.text_tower.requires_grad_(not freeze_text_tower)
+        self.context = nn.Parameter(torch.randn(8, 4))  # learnable prompt
         self.gamma = nn.Parameter(torch.full((4,), 1e-4))
         self.context_decoder = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
         self.head = nn.Linear(4, 3)
+
+    def parameter_groups(self):
+        roles = {"backbone.bottom_up": "image_encoder", "text_tower": "text_tower", "context": "text_prompt"}
+        groups = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
+        for name, p in self.named_parameters():
+            role = next((r for prefix, r in roles.items() if name == prefix or name.startswith(prefix + ".")), "rest")
+            groups[role].append((name, p))
+        return groups
 
 
 def lr_and_wd(optimizer: torch.optim.Optimizer) -> Dict[nn.Parameter, Dict[str, float]]:
@@ -180,7 +189,7 @@ def test_param_groups_of_a_real_model(make_cfg):
             assert p not in groups, f"frozen {name} is in the optimizer"
             continue
         hyper = groups[p]
-        expected_lr = base * (0.1 if name.startswith(IMAGE_ENCODER_PREFIXES) else 1.0)
+        expected_lr = base * (0.1 if name.startswith("backbone.bottom_up.") else 1.0)
         assert hyper["lr"] == pytest.approx(expected_lr), name
         if id(p) in norm_params or (p.ndim <= 1 and not name.endswith("bias")):
             assert hyper["weight_decay"] == 0.0, name
@@ -197,15 +206,44 @@ def test_param_groups_of_a_denseclip_model(make_cfg):
     groups = lr_and_wd(build_optimizer(cfg, model))
     base = cfg.SOLVER.BASE_LR
     named = dict(model.named_parameters())
-    assert groups[named["backbone.text_encoder.context"]] == {"lr": pytest.approx(base), "weight_decay": 0.0}
-    assert groups[named["backbone.gamma"]]["weight_decay"] == 0.0
-    assert groups[named["backbone.image_encoder.visual.attnpool.positional_embedding"]] == {
+    assert groups[named["text_side.prompt_encoder.context"]] == {"lr": pytest.approx(base), "weight_decay": 0.0}
+    assert groups[named["text_side.gamma"]]["weight_decay"] == 0.0
+    assert groups[named["backbone.visual.attnpool.positional_embedding"]] == {
         "lr": pytest.approx(0.1 * base), "weight_decay": 0.0}
-    tower = [n for n in named if n.startswith("backbone.text_encoder.clip_text.")]
+    tower = [n for n in named if n.startswith("text_side.prompt_encoder.clip_text.")]
     assert tower and all(named[n] not in groups for n in tower)
-    decoder = [n for n in named if n.startswith("backbone.context_decoder.") and n.endswith("weight")
+    decoder = [n for n in named if n.startswith("text_side.context_decoder.") and n.endswith("weight")
                and named[n].ndim == 2]
     assert decoder and all(groups[named[n]]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY for n in decoder)
+    roles = model.parameter_groups()
+    assert sum(len(v) for v in roles.values()) == len(named)
+    assert {n for n, _ in roles["text_tower"]} == set(tower)
+    assert [n for n, _ in roles["text_prompt"]] == ["text_side.prompt_encoder.context"]
+    assert all(n.startswith("backbone.") for n, _ in roles["image_encoder"])
+
+
+def test_text_encoder_multiplier_trains_the_real_text_tower(make_cfg, make_batch):
+    """SOLVER.TEXT_ENCODER_MULTIPLIER > 0 trains CLIP's text tower at that multiplier (0: frozen)."""
+    opts = ["SOLVER.TEXT_ENCODER_MULTIPLIER", "0.5", "MODEL.DENSECLIP.CLASS_NAMES", ["a", "b", "c"]]
+    cfg = make_cfg("Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml", opts)
+    model = build_model(cfg)
+    tower = dict(model.text_side.prompt_encoder.clip_text.named_parameters())
+    assert tower and all(p.requires_grad for p in tower.values())
+    optimizer = build_optimizer(cfg, model)
+    groups = lr_and_wd(optimizer)
+    for name, p in tower.items():
+        assert groups[p]["lr"] == pytest.approx(0.5 * cfg.SOLVER.BASE_LR), name
+    before = {n: p.detach().clone() for n, p in tower.items()}
+    model.train()
+    with EventStorage(0):
+        losses = model(make_batch(num_images=2, size=(64, 64), num_classes=3))
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = [n for n, p in tower.items() if not torch.equal(p.detach(), before[n])]
+    assert "text_projection" in changed and any(n.startswith("transformer.") for n in changed)
+
+    frozen = build_model(make_cfg("Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml", opts[2:]))
+    assert not any(p.requires_grad for p in frozen.text_side.prompt_encoder.clip_text.parameters())
 
 
 def test_text_encoder_multiplier_and_embeddings(make_cfg):
@@ -213,25 +251,27 @@ def test_text_encoder_multiplier_and_embeddings(make_cfg):
     model = ToyCLIPDetector()
     groups = lr_and_wd(build_optimizer(cfg, model))
     base = cfg.SOLVER.BASE_LR
-    # Multiplier 0: text tower left out of the optimizer entirely, and frozen; not its prompt.
-    tower = [p for n, p in model.text_encoder.named_parameters() if n != "context"]
-    assert all(p not in groups and not p.requires_grad for p in tower)
-    assert groups[model.text_encoder.context] == {"lr": pytest.approx(base), "weight_decay": 0.0}
+    # Multiplier 0: the frozen text tower is left out of the optimizer entirely; not its prompt.
+    assert all(p not in groups for p in model.text_tower.parameters())
+    assert groups[model.context] == {"lr": pytest.approx(base), "weight_decay": 0.0}
     assert groups[model.backbone.bottom_up[0].weight]["lr"] == pytest.approx(0.1 * base)
     assert groups[model.backbone.fpn_lateral.weight]["lr"] == pytest.approx(base)
     assert groups[model.head.weight] == {"lr": pytest.approx(base), "weight_decay": pytest.approx(0.05)}
     assert groups[model.head.bias]["weight_decay"] == pytest.approx(0.05)  # WEIGHT_DECAY_BIAS unset
     assert groups[model.context_decoder.weight]["weight_decay"] == pytest.approx(0.05)
-    for no_decay in (model.text_encoder.context, model.gamma, model.norm.weight, model.backbone.bottom_up[1].weight):
+    for no_decay in (model.context, model.gamma, model.norm.weight, model.backbone.bottom_up[1].weight):
         assert groups[no_decay]["weight_decay"] == 0.0
+    # A trainable text tower with multiplier 0 is a contradiction, not a silent freeze.
+    with pytest.raises(ValueError, match=r"text_tower\.\w+.*multiplier is 0"):
+        build_optimizer(cfg, ToyCLIPDetector(freeze_text_tower=False))
 
     cfg = make_cfg(RETINANET, ["SOLVER.TEXT_ENCODER_MULTIPLIER", "0.5", "SOLVER.OPTIMIZER", "SGD"])
-    model = ToyCLIPDetector()
+    model = ToyCLIPDetector(freeze_text_tower=False)
     optimizer = build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.SGD)
     groups = lr_and_wd(optimizer)
-    assert groups[model.text_encoder.proj.weight]["lr"] == pytest.approx(0.5 * cfg.SOLVER.BASE_LR)
-    assert groups[model.text_encoder.positional_embedding]["weight_decay"] == 0.0
+    assert groups[model.text_tower.proj.weight]["lr"] == pytest.approx(0.5 * cfg.SOLVER.BASE_LR)
+    assert groups[model.text_tower.positional_embedding]["weight_decay"] == 0.0
 
 
 def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
@@ -242,7 +282,7 @@ def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
     x = torch.randn(2, 3, 8, 8)
     features = model.context_decoder(model.backbone.fpn_lateral(model.backbone.bottom_up(x)).mean((2, 3)))
     features = features * model.gamma
-    loss = 1e3 * (model.head(model.norm(features)).sum() + model.text_encoder.context.sum())
+    loss = 1e3 * (model.head(model.norm(features)).sum() + model.context.sum())
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     before = [p.grad.clone() for p in params]

@@ -70,10 +70,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from conftest import assert_exactly_equal
 import torch
 import torch.nn as nn
-
+from conftest import assert_exactly_equal
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 
@@ -143,12 +142,9 @@ def subprocess_env(shapes: Dict[str, Any]) -> Dict[str, str]:
 
 def tiny_cfg(*opts: Any):
     """The quickstart config on CPU, not frozen (for in-process model builds)."""
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.merge_from_list([*TINY, *map(str, opts)])
-    return cfg
+    from denseclip.engine import build_config
+
+    return build_config(str(CONFIG), ["MODEL.DEVICE", "cpu", *TINY, *map(str, opts)])
 
 
 def training_iterations(out: Path) -> List[int]:
@@ -325,17 +321,17 @@ def test_denseclip_vocabulary_size_mismatch_error_or_reinit(tmp_path):
     target = build_model(cfg)
     with pytest.raises(IncompatibleCheckpointError) as err:
         Trainer.build_checkpointer(cfg, target).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    assert "backbone.fpn.fpn_lateral5.weight: checkpoint (64, 520, 1, 1) vs model (64, 515, 1, 1)" in str(err.value)
+    assert "fpn.fpn_lateral5.weight: checkpoint (64, 520, 1, 1) vs model (64, 515, 1, 1)" in str(err.value)
     assert "MODEL.REINIT_VOCABULARY_MISMATCH" in str(err.value)
 
     cfg.MODEL.REINIT_VOCABULARY_MISMATCH = True
     target = build_model(cfg)
-    fresh = target.backbone.fpn.fpn_lateral5.weight.detach().clone()
+    fresh = target.fpn.fpn_lateral5.weight.detach().clone()
     Trainer.build_checkpointer(cfg, target).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    assert torch.equal(target.backbone.fpn.fpn_lateral5.weight, fresh)
+    assert torch.equal(target.fpn.fpn_lateral5.weight, fresh)
     loaded = target.state_dict()
     for key, value in source.state_dict().items():
-        if key != "backbone.fpn.fpn_lateral5.weight":
+        if key != "fpn.fpn_lateral5.weight":
             assert torch.equal(loaded[key], value), key
 
 
@@ -366,7 +362,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     wide_file = tmp_path / "fpn32.pth"
     torch.save({"model": wide.state_dict()}, wide_file)
     cfg.MODEL.REINIT_VOCABULARY_MISMATCH = False
-    with pytest.raises(IncompatibleCheckpointError, match=r"backbone\.fpn\.fpn_output2\.weight: checkpoint \(32,"):
+    with pytest.raises(IncompatibleCheckpointError, match=r"fpn\.fpn_output2\.weight: checkpoint \(32,"):
         Trainer.build_checkpointer(cfg, model).resume_or_load(str(wide_file), resume=False)
 
 

@@ -16,7 +16,7 @@ for:
 
 DenseCLIP configs are compared with their CLIP baseline (same name with ``clip`` for ``denseclip``)
 and with Detectron2's stock R50-FPN Mask R-CNN, and checked against targets (time ratios, FLOPs of
-SPEC section 3). The time targets are checked on paired rounds: DenseCLIP and its baseline resident
+the paper's Table). The time targets are checked on paired rounds: DenseCLIP and its baseline resident
 together and timed in alternation, one ratio per round, so that a drifting machine speed cancels.
 Results go to a JSON file and a Markdown report.
 
@@ -61,7 +61,7 @@ DEFAULT_CONFIGS = [
     "configs/COCO/mask_rcnn_R50_FPN_1x_detectron2.yaml",
 ]
 
-# SPEC section 3 (DenseCLIP paper, mmcv get_flops at 1280x800): GFLOPs and params (M, without the
+# The DenseCLIP paper's table (mmcv get_flops at 1280x800): GFLOPs and params (M, without the
 # frozen text encoder), keyed by (detector, CLIP model, variant).
 PAPER = {
     ("retinanet", "RN50", "clip"): {"gflops": 265.0, "params_m": 38.0},
@@ -230,13 +230,9 @@ def resolve_config_path(path: str) -> Path:
 
 
 def load_config(path: Path, device: str, opts: Sequence[str], keep_score_thresh: bool):
-    from detectron2.config import get_cfg
+    from denseclip.engine import build_config
 
-    from denseclip import add_denseclip_config
-
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    cfg.merge_from_file(str(path))
+    cfg = build_config(str(path), ["MODEL.DEVICE", device, *opts])
     # Random weights: nothing downloads, nothing is read from disk.
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.WEIGHTS = ""
@@ -244,7 +240,6 @@ def load_config(path: Path, device: str, opts: Sequence[str], keep_score_thresh:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
     cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = device
     cfg.freeze()
     return cfg
 
@@ -460,7 +455,7 @@ def amp_dtype(args) -> Optional[torch.dtype]:
 def count_parameters(model: torch.nn.Module) -> Dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    text = getattr(getattr(model, "backbone", None), "text_encoder", None)
+    text = _get_submodule(model, "text_side.prompt_encoder")
     text_total = sum(p.numel() for p in text.parameters()) if text is not None else 0
     text_frozen = sum(p.numel() for p in text.parameters() if not p.requires_grad) if text is not None else 0
     return {
@@ -536,22 +531,25 @@ def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[st
                     return by_module[key] / 1e9
         return None
 
-    image_encoder = module_flops(["backbone.image_encoder", "backbone.bottom_up"])
-    if hasattr(model.backbone, "fpn"):  # DenseCLIP: encoder, text side and FPN side by side
-        fpn = module_flops(["backbone.fpn"])
+    if hasattr(model, "text_side"):  # DenseCLIP: image encoder, text side and FPN side by side
+        image_encoder = module_flops(["backbone"])
+        fpn = module_flops(["fpn"])
+        backbone = sum(module_flops([k]) or 0.0 for k in ("backbone", "text_side", "fpn"))
     else:  # Detectron2's FPN runs the encoder as its bottom_up
-        fpn = (module_flops(["backbone"]) or 0.0) - (image_encoder or 0.0)
+        image_encoder = module_flops(["backbone.bottom_up"])
+        backbone = module_flops(["backbone"])
+        fpn = (backbone or 0.0) - (image_encoder or 0.0)
     components = {
-        "backbone": module_flops(["backbone"]),
+        "backbone": backbone,
         "image_encoder": image_encoder,
-        "text_encoder": module_flops(["backbone.text_encoder"]),
-        "context_decoder": module_flops(["backbone.context_decoder"]),
+        "text_encoder": module_flops(["text_side.prompt_encoder"]),
+        "context_decoder": module_flops(["text_side.context_decoder"]),
         "fpn": fpn,
         "proposal_generator": module_flops(["proposal_generator"]),
         "roi_heads": module_flops(["roi_heads"]),
         "retinanet_head": module_flops(["head"]),
     }
-    if components["backbone"] is not None:  # score maps etc.: what the backbone does outside its modules
+    if components["backbone"] is not None:  # score maps etc.: what the feature extraction does outside its modules
         components["backbone_other"] = components["backbone"] - sum(
             components[k] or 0.0 for k in ("image_encoder", "text_encoder", "context_decoder", "fpn"))
     return {
@@ -568,8 +566,8 @@ def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[st
 # ==================================================================================== text encoder calls
 @contextlib.contextmanager
 def count_text_encoder_calls(model: torch.nn.Module) -> Iterator[Optional[Dict[str, int]]]:
-    """Counts calls of ``model.backbone.text_encoder.forward`` (None when the model has none)."""
-    encoder = getattr(getattr(model, "backbone", None), "text_encoder", None)
+    """Counts calls of ``model.text_side.prompt_encoder.forward`` (None when the model has none)."""
+    encoder = _get_submodule(model, "text_side.prompt_encoder")
     if encoder is None:
         yield None
         return
@@ -652,7 +650,8 @@ def breakdown_inference(model: torch.nn.Module, inputs, warmup: int, repeats: in
     (post-processing, anchors, NMS...).
     """
     backbone = model.backbone
-    encoder_path = "backbone.image_encoder" if hasattr(backbone, "image_encoder") else "backbone.bottom_up"
+    dense = hasattr(model, "text_side")
+    encoder_path = "backbone" if dense else "backbone.bottom_up"
     encoder = _get_submodule(model, encoder_path)
     last_stage = None
     if encoder is not None:
@@ -660,14 +659,14 @@ def breakdown_inference(model: torch.nn.Module, inputs, warmup: int, repeats: in
             last_stage = _get_submodule(encoder, path)
             if last_stage is not None:
                 break
-    fpn_path = "backbone.fpn" if hasattr(backbone, "fpn") else "backbone"
+    fpn_path = "fpn" if dense else "backbone"
     timer = ComponentTimer(device)
     timer.watch("model", model)
     timer.watch("backbone", backbone)
     timer.watch("image_encoder", encoder)
     timer.watch("last_stage", last_stage)
-    timer.watch("text_encoder", _get_submodule(model, "backbone.text_encoder"))
-    timer.watch("context_decoder", _get_submodule(model, "backbone.context_decoder"))
+    timer.watch("text_encoder", _get_submodule(model, "text_side.prompt_encoder"))
+    timer.watch("context_decoder", _get_submodule(model, "text_side.context_decoder"))
     timer.watch("fpn", _get_submodule(model, fpn_path))
     timer.watch("fpn_bottom_up", _get_submodule(model, fpn_path + ".bottom_up"))
     timer.watch("proposal_generator", getattr(model, "proposal_generator", None))
@@ -712,8 +711,8 @@ def breakdown_inference(model: torch.nn.Module, inputs, warmup: int, repeats: in
         timer.remove()
     medians = {k: statistics.median(v) for k, v in samples.items()}
     total = medians["total"] or float("nan")
-    present = {"text_encoder": _get_submodule(model, "backbone.text_encoder") is not None,
-               "context_decoder": _get_submodule(model, "backbone.context_decoder") is not None,
+    present = {"text_encoder": _get_submodule(model, "text_side.prompt_encoder") is not None,
+               "context_decoder": _get_submodule(model, "text_side.context_decoder") is not None,
                "proposal_generator": hasattr(model, "proposal_generator"),
                "roi_heads": hasattr(model, "roi_heads"),
                "retinanet_head": hasattr(model, "head"),
@@ -1243,13 +1242,13 @@ def render_markdown(report: Dict[str, Any]) -> str:
         f"- device {a['device']}, AMP {a['amp_dtype'] or 'off'}, warm-up {a['warmup']}, repeats {a['repeats']}, "
         f"train batch {a['batch_train']}, throughput batch {a['batch_throughput']}, seed {a['seed']}, "
         f"test score threshold {'as configured' if a['keep_score_thresh'] else '0 (100 detections per image)'}",
-        f"- random weights; synthetic inputs; times in ms: median (IQR; min–max)",
+        "- random weights; synthetic inputs; times in ms: median (IQR; min–max)",
         "",
         "## Parameters and FLOPs",
         "",
         f"FLOPs: fvcore, 1 multiply-add = 1 flop, batch 1 at {a['flops_size']}.",
         "",
-        "| config | params (M) | trainable (M) | w/o frozen text (M) | paper params (M) | GFLOPs | paper GFLOPs | proposals / detections | unsupported ops skipped |",
+        "| config | params (M) | trainable (M) | w/o frozen text (M) | paper params (M) | GFLOPs | paper GFLOPs | proposals / detections | unsupported ops skipped |",  # noqa: E501 (a Markdown table header)
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
@@ -1268,7 +1267,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
             "",
             f"## Speed and memory at {size}",
             "",
-            "| config | train iter (ms) | inference batch 1 (ms) | throughput (img/s) | peak mem train / infer / throughput (MB) | proposals / detections | text encoder calls (timed) |",
+            "| config | train iter (ms) | inference batch 1 (ms) | throughput (img/s) | peak mem train / infer / throughput (MB) | proposals / detections | text encoder calls (timed) |",  # noqa: E501 (a Markdown table header)
             "|---|---|---|---|---|---|---|",
         ]
         for r in report["results"]:

@@ -25,16 +25,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from .config import add_denseclip_config
-from .modeling.denseclip_backbone import SCORE_MAP
-from .modeling.vocabulary import resolve_class_names
+from .engine.checkpoint import AtomicDetectionCheckpointer
+from .engine.config import build_config
+from .modeling.vocabulary import resolve_vocabulary
+from .text import validate_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +62,15 @@ def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[st
     """``"cat, remote control,sofa"`` -> ``["cat", "remote control", "sofa"]``.
 
     Blanks around names are stripped and empty entries dropped; ``None`` means "no vocabulary".
-    Raises ValueError for a vocabulary without any name, or with a name given twice.
+    The names are then checked by :func:`denseclip.text.validate_vocabulary` (ValueError).
     """
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(n).strip() for n in items]
-    names = [n for n in names if n]
+    names = [n for n in (str(n).strip() for n in items) if n]
     if not names:
         raise ValueError(f"the vocabulary {value!r} contains no class name; give comma-separated names, e.g. \"cat,sofa\"")
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ValueError(f"the vocabulary names {duplicated} more than once")
+    validate_vocabulary(names)
     return names
 
 
@@ -118,7 +116,7 @@ class DenseCLIPPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.cfg.defrost()
         try:
-            resolve_class_names(self.cfg)
+            resolve_vocabulary(self.cfg)
         except ValueError:
             if not vocabulary:
                 raise ValueError(
@@ -127,6 +125,7 @@ class DenseCLIPPredictor(DefaultPredictor):
                 ) from None
             logger.info("The config names no classes: building the model with the vocabulary %s", vocabulary)
             self.cfg.MODEL.DENSECLIP.CLASS_NAMES = list(vocabulary)
+            resolve_vocabulary(self.cfg)
         self.cfg.freeze()
 
         self.model = build_model(self.cfg)
@@ -153,18 +152,8 @@ class DenseCLIPPredictor(DefaultPredictor):
                 f", CLIP towers from '{self.cfg.MODEL.CLIP.PRETRAINED}'" if self.cfg.MODEL.CLIP.PRETRAINED else "",
             )
             return
-        try:  # the project's checkpointer: clear errors for missing files and shape mismatches
-            from .engine.checkpoint import AtomicDetectionCheckpointer
-
-            checkpointer = AtomicDetectionCheckpointer(
-                self.model, reinit_mismatched=bool(self.cfg.MODEL.REINIT_VOCABULARY_MISMATCH)
-            )
-        except ImportError:  # pragma: no cover - the engine package is optional here
-            from detectron2.checkpoint import DetectionCheckpointer
-
-            if not os.path.isfile(weights):
-                raise FileNotFoundError(f"MODEL.WEIGHTS '{weights}' does not exist") from None
-            checkpointer = DetectionCheckpointer(self.model)
+        # The project's checkpointer: clear errors for missing files and shape mismatches.
+        checkpointer = AtomicDetectionCheckpointer(self.model, reinit_mismatched=bool(self.cfg.MODEL.REINIT_VOCABULARY_MISMATCH))
         checkpointer.load(weights)
 
     # -------------------------------------------------------------------------------- vocabulary
@@ -209,16 +198,21 @@ class DenseCLIPPredictor(DefaultPredictor):
         inputs = self._inputs(original_image)
         captured: Dict[str, torch.Tensor] = {}
 
-        def hook(module, args, output):
+        def capture_padded_size(module, args):
             captured["padded_size"] = tuple(args[0].shape[-2:])
-            captured["logits"] = output[SCORE_MAP][0].detach()
 
-        handle = self.model.backbone.register_forward_hook(hook) if with_score_maps else None
+        def capture_score_map(module, args, output):
+            captured["logits"] = output.score_map[0].detach()
+
+        handles = []
+        if with_score_maps:
+            handles = [self.model.backbone.register_forward_pre_hook(capture_padded_size),
+                       self.model.text_side.register_forward_hook(capture_score_map)]
         try:
             with torch.no_grad():
                 predictions = self.model([inputs])[0]
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         if not with_score_maps:
             return predictions, None
@@ -241,7 +235,7 @@ class DenseCLIPPredictor(DefaultPredictor):
         inputs = self._inputs(original_image)
         with torch.no_grad():
             images = self.model.preprocess_image([inputs])
-            logits = self.model.backbone(images.tensor)[SCORE_MAP][0]
+            logits = self.model.extract_features(images).score_map[0]
         return self._postprocess_score_maps(
             logits, tuple(images.tensor.shape[-2:]), tuple(images.image_sizes[0]), (inputs["height"], inputs["width"]), max_classes
         )
@@ -361,35 +355,21 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Config file, then --confidence-threshold, then --opts, then --cpu; frozen."""
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"Config file '{args.config_file}' does not exist")
-    cfg.merge_from_file(args.config_file)
+    """Config file, then --confidence-threshold, then --opts, then --cpu; frozen. The class names
+    are resolved by the predictor (a --vocabulary may have to name them)."""
+    opts = []
     threshold = getattr(args, "confidence_threshold", None)
     if threshold is not None:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
-    cfg.merge_from_list(list(getattr(args, "opts", None) or []))
+        opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold, "MODEL.RETINANET.SCORE_THRESH_TEST", threshold,
+                 "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", threshold]
+    opts += list(getattr(args, "opts", None) or [])
     if getattr(args, "cpu", False):
-        cfg.MODEL.DEVICE = "cpu"
-    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is '%s' but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
+        opts += ["MODEL.DEVICE", "cpu"]
+    cfg = build_config(args.config_file, opts, resolve_classes=False)
     if cfg.MODEL.WEIGHTS and cfg.MODEL.CLIP.PRETRAINED:
         # MODEL.WEIGHTS holds the whole model, CLIP towers included: no need to fetch CLIP first.
         logger.info("MODEL.WEIGHTS given: MODEL.CLIP.PRETRAINED '%s' is not loaded", cfg.MODEL.CLIP.PRETRAINED)
         cfg.MODEL.CLIP.PRETRAINED = ""
-    if cfg.DATASETS.REGISTER:
-        # Metadata (class names) of datasets registered from the config; optional for the demo.
-        try:
-            from .data.register import register_datasets_from_spec
-
-            register_datasets_from_spec([s for s in cfg.DATASETS.REGISTER if s.split("=", 1)[0] not in MetadataCatalog.list()])
-        except Exception as e:  # noqa: BLE001 - the demo can run from MODEL.DENSECLIP.CLASS_NAMES / --vocabulary
-            logger.warning("Could not register DATASETS.REGISTER %s: %s", list(cfg.DATASETS.REGISTER), e)
     cfg.freeze()
     return cfg
 

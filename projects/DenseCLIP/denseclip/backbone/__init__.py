@@ -5,5 +5,12 @@ from .build import (
     build_clip_retinanet_fpn_backbone,
     create_clip_from_config,
 )
-from .clip_resnet import CLIP_DENSE, CLIP_GLOBAL, CLIPResNet, attention_pool_tokens, resize_spatial_pos_embed
+from .clip_resnet import (
+    CLIP_DENSE,
+    CLIP_GLOBAL,
+    CLIPResNet,
+    attention_pool_tokens,
+    clip_embedding_shapes,
+    resize_spatial_pos_embed,
+)
 from .clip_vit import CLIPViT

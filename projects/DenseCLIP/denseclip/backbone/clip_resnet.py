@@ -19,6 +19,11 @@ CLIP_DENSE = "clip_dense"  # B x D x H/s x W/s: per-location embeddings in the s
 _STAGES = ("res2", "res3", "res4", "res5")
 
 
+def clip_embedding_shapes(embed_dim: int, dense_stride: int) -> Dict[str, ShapeSpec]:
+    """Declared shapes of CLIP's embeddings among an image encoder's outputs."""
+    return {CLIP_DENSE: ShapeSpec(channels=embed_dim, stride=dense_stride), CLIP_GLOBAL: ShapeSpec(channels=embed_dim)}
+
+
 def resize_spatial_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """Resize a CLIP positional embedding [cls, grid*grid] to [cls, h*w] by interpolating the grid.
 
@@ -116,10 +121,13 @@ class CLIPResNet(Backbone):
         return 32
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
+        shapes = {
             name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
             for name in self._out_features
         }
+        if self.visual.attnpool is not None:
+            shapes.update(clip_embedding_shapes(self.embed_dim, dense_stride=32))
+        return shapes
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:

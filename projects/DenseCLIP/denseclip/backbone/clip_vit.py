@@ -15,7 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from open_clip.transformer import VisionTransformer
 
-from .clip_resnet import CLIP_DENSE, CLIP_GLOBAL, resize_spatial_pos_embed
+from .clip_resnet import CLIP_DENSE, CLIP_GLOBAL, clip_embedding_shapes, resize_spatial_pos_embed
 
 
 class ChannelLayerNorm(nn.Module):
@@ -89,10 +89,13 @@ class CLIPViT(Backbone):
         return max(self._out_feature_strides.values())
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
+        shapes = {
             name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
             for name in self._out_features
         }
+        if self.with_dense:
+            shapes.update(clip_embedding_shapes(self.embed_dim, dense_stride=self.patch_size))
+        return shapes
 
     def encode_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Run the ViT on an image of any size (positional embedding interpolated); B x (1+hw) x C."""

@@ -37,15 +37,14 @@ from typing import Dict, List, Optional, Set
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
-from detectron2.data.common import MapDataset
 from detectron2.data import transforms as T
+from detectron2.data.common import MapDataset
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 

@@ -1,41 +1,29 @@
-"""Training engine: recipe optimizer/schedule, crash-safe checkpoints, CPU-capable launcher,
-the ``Trainer`` and the config ``setup`` used by ``train_net.py``."""
+"""Training engine: config building, recipe optimizer/schedule, crash-safe checkpoints,
+CPU-capable launcher, the ``Trainer`` and the ``setup`` used by ``train_net.py``."""
 from .checkpoint import AtomicDetectionCheckpointer, IncompatibleCheckpointError, atomic_write
+from .config import ConfigError, build_config, merge_config_file, merge_overrides
 from .launch import launch
 from .optimizer import (
-    IMAGE_ENCODER_PREFIXES,
-    LEARNABLE_PROMPT_KEY,
     NO_DECAY_NAME_KEYS,
-    TEXT_ENCODER_KEY,
     add_full_model_gradient_clipping,
     build_lr_scheduler,
     build_optimizer,
     get_denseclip_param_groups,
+    model_parameter_groups,
     resolve_step_fractions,
 )
-from .trainer import (
-    ConfigError,
-    GradScalerOverflowLogger,
-    Trainer,
-    default_argument_parser,
-    merge_config_file,
-    merge_overrides,
-    register_dataset_specs,
-    setup,
-)
+from .trainer import GradScalerOverflowLogger, Trainer, default_argument_parser, setup
 
 __all__ = [
     "AtomicDetectionCheckpointer",
     "ConfigError",
     "GradScalerOverflowLogger",
-    "IMAGE_ENCODER_PREFIXES",
     "IncompatibleCheckpointError",
-    "LEARNABLE_PROMPT_KEY",
     "NO_DECAY_NAME_KEYS",
-    "TEXT_ENCODER_KEY",
     "Trainer",
     "add_full_model_gradient_clipping",
     "atomic_write",
+    "build_config",
     "build_lr_scheduler",
     "build_optimizer",
     "default_argument_parser",
@@ -43,7 +31,7 @@ __all__ = [
     "launch",
     "merge_config_file",
     "merge_overrides",
-    "register_dataset_specs",
+    "model_parameter_groups",
     "resolve_step_fractions",
     "setup",
 ]

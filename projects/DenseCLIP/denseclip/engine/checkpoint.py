@@ -26,6 +26,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from ..modeling import upgrade_state_dict_layout
+
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write"]
 
 _TMP_SUFFIX = ".tmp"
@@ -200,6 +202,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint: Any) -> Any:
+        # Before fvcore compares shapes by name: first-layout checkpoints get today's names.
+        upgrade_state_dict_layout(checkpoint.get("model") or {})
         num_tensors = len(checkpoint.get("model") or {})
         incompatible = super()._load_model(checkpoint)
         mismatched = incompatible.incorrect_shapes

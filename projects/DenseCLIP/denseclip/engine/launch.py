@@ -1,6 +1,6 @@
 """Multi-process launcher that also works without GPUs.
 
-Detectron2 v0.6's ``launch`` asserts CUDA and always uses NCCL (SPEC section 6), so
+Detectron2 v0.6's ``launch`` asserts CUDA and always uses NCCL, so
 ``--num-gpus 2`` cannot run on a CPU machine. On CUDA machines we defer to it unchanged; on CPU we
 spawn the processes ourselves with a GLOO process group and set up Detectron2's per-machine
 ("local") process group the way ``detectron2.utils.comm`` expects, so that ``comm.get_local_rank``

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the DenseCLIP training recipe (SPEC section 2).
+"""Optimizer and learning-rate schedule of the DenseCLIP training recipe.
 
 Detectron2 v0.6 builds SGD with per-*module-type* hyper-parameters only; the reference recipe
 (mmdetection ``paramwise_cfg``) additionally needs per-*module-path* learning-rate multipliers
@@ -17,14 +17,13 @@ from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "IMAGE_ENCODER_PREFIXES",
-    "TEXT_ENCODER_KEY",
-    "LEARNABLE_PROMPT_KEY",
     "NO_DECAY_NAME_KEYS",
     "build_optimizer",
     "get_denseclip_param_groups",
+    "model_parameter_groups",
     "build_lr_scheduler",
     "resolve_step_fractions",
     "add_full_model_gradient_clipping",
@@ -32,19 +31,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Qualified-name prefixes of the CLIP image encoder, whose lr is scaled by
-# SOLVER.BACKBONE_MULTIPLIER: stock Detectron2 FPN models keep the encoder as the FPN's
-# ``bottom_up``; DenseCLIP models keep it as ``backbone.image_encoder``. The FPN itself (lateral and
-# output convs, top blocks) is a new layer and trains at the base lr. A ``module.`` prefix (DDP) is
-# stripped before matching.
-IMAGE_ENCODER_PREFIXES: Tuple[str, ...] = ("backbone.bottom_up.", "backbone.image_encoder.")
-# Any parameter whose qualified name contains this belongs to the CLIP text tower, whose lr is
-# scaled by SOLVER.TEXT_ENCODER_MULTIPLIER (0 in the reference: frozen) ...
-TEXT_ENCODER_KEY = "text_encoder"
-# ... except the learnable prompt (CoOp context vectors), whose own (leaf) name contains this: it
-# may live inside the text-encoder module (``backbone.text_encoder.context``) but is trained at
-# the base lr, as in the reference, where it is a parameter of the detector itself.
-LEARNABLE_PROMPT_KEY = "context"
 # Name fragments of embedding-like parameters that must not be decayed towards 0: positional
 # embeddings, the learnable (CoOp) text context, logit scales and the context decoder's gamma.
 # Matched against a parameter's own (leaf) name only, so that e.g. the weights of a
@@ -52,8 +38,26 @@ LEARNABLE_PROMPT_KEY = "context"
 NO_DECAY_NAME_KEYS: Tuple[str, ...] = ("positional_embedding", "context", "logit_scale", "gamma")
 
 
-def _strip_ddp_prefix(name: str) -> str:
-    return name[len("module."):] if name.startswith("module.") else name
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def model_parameter_groups(model: torch.nn.Module) -> Dict[str, List[Tuple[str, torch.nn.Parameter]]]:
+    """Parameters by role: "image_encoder", "text_tower", "text_prompt", "rest".
+
+    DenseCLIP models say it themselves (``parameter_groups``). For Detectron2's own meta-
+    architectures (the CLIP baselines, the stock R50), the image encoder is the FPN's bottom-up,
+    or the whole backbone when it has no FPN; a model without a backbone is all "rest".
+    """
+    model = _unwrap(model)
+    if hasattr(model, "parameter_groups"):
+        return model.parameter_groups()
+    backbone = getattr(model, "backbone", None)
+    encoder = {id(p) for p in getattr(backbone, "bottom_up", backbone).parameters()} if backbone is not None else set()
+    groups: Dict[str, List[Tuple[str, torch.nn.Parameter]]] = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
+    for name, param in model.named_parameters():
+        groups["image_encoder" if id(param) in encoder else "rest"].append((name, param))
+    return groups
 
 
 def _is_no_decay_embedding(name: str, param: torch.nn.Parameter) -> bool:
@@ -66,54 +70,52 @@ def _is_no_decay_embedding(name: str, param: torch.nn.Parameter) -> bool:
     return any(key in leaf for key in NO_DECAY_NAME_KEYS)
 
 
-def _is_text_tower(name: str) -> bool:
-    return TEXT_ENCODER_KEY in name and LEARNABLE_PROMPT_KEY not in name.rsplit(".", 1)[-1]
-
-
-def _lr_multiplier(cfg: CfgNode, name: str) -> float:
-    if _is_text_tower(name):
-        return cfg.SOLVER.TEXT_ENCODER_MULTIPLIER
-    if name.startswith(IMAGE_ENCODER_PREFIXES):
-        return cfg.SOLVER.BACKBONE_MULTIPLIER
-    return 1.0
+def _role_multipliers(cfg: CfgNode) -> Dict[str, float]:
+    return {
+        "image_encoder": cfg.SOLVER.BACKBONE_MULTIPLIER,
+        "text_tower": cfg.SOLVER.TEXT_ENCODER_MULTIPLIER,
+        "text_prompt": 1.0,
+        "rest": 1.0,
+    }
 
 
 def get_denseclip_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     """Parameter groups of the recipe, merged so that the multi-tensor optimizers stay fast.
 
     Detectron2's ``get_default_optimizer_params`` decides norm-layer and bias hyper-parameters (it
-    only sees module types and leaf parameter names); the qualified name then decides the lr
-    multiplier and the embedding weight-decay exemption. Parameters that do not require grad are
-    absent (Detectron2 already skips them); text-tower parameters with a 0 multiplier are frozen
-    here and left out, so they cost neither gradients, DDP all-reduces nor optimizer state.
+    only sees module types and leaf parameter names); the parameter's role
+    (:func:`model_parameter_groups`) then decides the lr multiplier, and its name the embedding
+    weight-decay exemption. Frozen parameters (``requires_grad`` False: the text tower unless
+    SOLVER.TEXT_ENCODER_MULTIPLIER > 0, frozen stages) are absent, as in Detectron2.
     """
-    base_lr = cfg.SOLVER.BASE_LR
     groups = get_default_optimizer_params(
         model,
-        base_lr=base_lr,
+        base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    names = {p: _strip_ddp_prefix(n) for n, p in model.named_parameters()}
+    multipliers = _role_multipliers(cfg)
+    role_of: Dict[int, Tuple[str, str]] = {}
+    for role, params in model_parameter_groups(model).items():
+        for name, param in params:
+            role_of[id(param)] = (role, name)
     per_param: List[Dict[str, Any]] = []
-    frozen_text = 0
     for group in groups:
         hyper = {k: v for k, v in group.items() if k != "params"}
         for param in group["params"]:
-            name = names[param]
-            multiplier = _lr_multiplier(cfg, name)
-            if multiplier == 0.0 and _is_text_tower(name):
-                param.requires_grad_(False)
-                frozen_text += param.numel()
-                continue
-            item = dict(hyper, params=[param], lr=hyper["lr"] * multiplier)
+            role, name = role_of[id(param)]
+            if multipliers[role] == 0.0:
+                raise ValueError(
+                    f"Parameter '{name}' ({role}) is trainable but its learning-rate multiplier is 0: freeze it "
+                    "in the model instead (the text tower follows SOLVER.TEXT_ENCODER_MULTIPLIER; "
+                    "MODEL.CLIP.FREEZE_AT freezes image-encoder stages)"
+                )
+            item = dict(hyper, params=[param], lr=hyper["lr"] * multipliers[role])
             if _is_no_decay_embedding(name, param):
                 item["weight_decay"] = 0.0
             per_param.append(item)
-    if frozen_text:
-        logger.info(f"Text encoder frozen (SOLVER.TEXT_ENCODER_MULTIPLIER 0): {frozen_text:,} parameters")
     if not per_param:
         raise ValueError("The model has no trainable parameters for the optimizer")
     return reduce_param_groups(per_param)

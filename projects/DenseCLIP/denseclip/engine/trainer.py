@@ -8,56 +8,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import weakref
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-import yaml
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
 from detectron2.engine import defaults as d2_defaults
-from detectron2.engine import hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_denseclip_config
-from ..data import RobustDatasetMapper, register_datasets_from_spec, register_synthetic_from_config
+from ..data import RobustDatasetMapper
 from ..evaluation import build_coco_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
+from .config import build_config
 from .optimizer import build_lr_scheduler, build_optimizer
 
 __all__ = [
-    "ConfigError",
     "GradScalerOverflowLogger",
     "Trainer",
     "default_argument_parser",
-    "merge_config_file",
-    "merge_overrides",
-    "register_dataset_specs",
     "setup",
 ]
 
 logger = logging.getLogger(__name__)
-
-# What yacs raises for an unknown key (KeyError), a value of the wrong type (ValueError), an odd
-# override list (AssertionError), and what YAML parsing raises.
-_CONFIG_ERRORS = (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema of ``add_denseclip_config``."""
-
-
-def _reason(e: BaseException) -> str:
-    # str(KeyError) wraps the message in quotes; use the message itself.
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-
 
 class GradScalerOverflowLogger(HookBase):
     """Make AMP's silently skipped optimizer steps visible.
@@ -214,33 +193,6 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     return parser
 
 
-def merge_config_file(cfg: CfgNode, path: str) -> None:
-    """``cfg.merge_from_file`` whose errors name the file: yacs reports an unknown key or a value of
-    the wrong type without saying which file (or ``_BASE_`` chain) it came from."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file '{path}' does not exist")
-    try:
-        cfg.merge_from_file(path)
-    except _CONFIG_ERRORS as e:
-        raise ConfigError(f"Invalid config file '{path}' (or one of its _BASE_ files): {_reason(e)}") from e
-
-
-def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
-    """``cfg.merge_from_list`` for KEY VALUE pairs, with errors that say they come from them."""
-    try:
-        cfg.merge_from_list(list(opts))
-    except _CONFIG_ERRORS as e:
-        raise ConfigError(f"Invalid config override(s) {list(opts)}: {_reason(e)}") from e
-
-
-def register_dataset_specs(specs: Sequence[str]) -> None:
-    """Register ``NAME=JSON:IMAGE_ROOT`` datasets (exact repeats, e.g. the same spec in --dataset and
-    DATASETS.REGISTER, once). The data package validates the json, and refuses a name that is
-    already registered with other files instead of silently using the old one."""
-    if specs:
-        register_datasets_from_spec(list(dict.fromkeys(specs)))
-
-
 def _collect_env_info_tolerant() -> str:
     """``collect_env_info`` for builds whose ``detectron2._C`` is a stub without its helper
     functions (the C++-less build of this project): there it raises AttributeError, which would
@@ -273,26 +225,14 @@ def _make_deterministic(cfg: CfgNode) -> None:
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Frozen config for ``args`` (config file, then KEY VALUE overrides), datasets registered from
-    ``args.dataset`` and DATASETS.REGISTER, logging/output dir/seeding by ``default_setup``, plus
-    the "denseclip" logger."""
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    if args.config_file:
-        merge_config_file(cfg, args.config_file)
-    merge_overrides(cfg, args.opts or [])
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # Detectron2's default device is "cuda"; the CPU quickstart should not need an override.
-        logging.getLogger("denseclip").warning("CUDA is not available: MODEL.DEVICE cuda -> cpu")
-        cfg.MODEL.DEVICE = "cpu"
+    """Frozen config for ``args`` (:func:`build_config`: config file, KEY VALUE overrides, datasets
+    of ``--dataset`` and DATASETS.REGISTER, vocabulary), logging/output dir/seeding by
+    ``default_setup``, plus the "denseclip" logger."""
+    cfg = build_config(args.config_file, args.opts or [], dataset_specs=list(getattr(args, "dataset", None) or []))
     cfg.freeze()
-    register_dataset_specs(list(getattr(args, "dataset", None) or []) + list(cfg.DATASETS.REGISTER))
-    # DATASETS.SYNTHETIC may move or resize the generated dataset registered at import time.
-    register_synthetic_from_config(cfg)
     _default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
     if cfg.SEED >= 0:
         _make_deterministic(cfg)
     return cfg
-

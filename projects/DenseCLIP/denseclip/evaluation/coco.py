@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=None)
 def fast_coco_eval_available() -> bool:
-    """Whether Detectron2 was built with its C++ ``COCOeval_opt``. The PyPI route (SPEC section 6)
+    """Whether Detectron2 was built with its C++ ``COCOeval_opt``. The PyPI route (scripts/install_detectron2.py)
     builds Detectron2 without ``_C``; asking COCOEvaluator for the fast path there fails at the
     end of inference, after all the work is done."""
     try:

@@ -1,12 +1,14 @@
-from .denseclip_backbone import (
-    SCORE_MAP,
-    TEXT_EMBEDDINGS,
-    DenseCLIPBackbone,
-    build_denseclip_fpn_backbone,
-    build_denseclip_retinanet_fpn_backbone,
-)
-from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
 from .dense_decoding import TopKCandidateDecoding, select_topk_candidates
-from .meta_arch import DenseCLIPRCNN, DenseCLIPRetinaNet, TopKRetinaNet
+from .fused_fpn import FusedFeatures, build_fused_fpn
+from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
+from .meta_arch import (
+    DenseCLIPFeatures,
+    DenseCLIPRCNN,
+    DenseCLIPRetinaNet,
+    TopKRetinaNet,
+    build_denseclip_parts,
+    upgrade_state_dict_layout,
+)
 from .pixel_text import box_target_maps, pixel_text_loss, pixel_text_score_map
-from .vocabulary import resolve_class_names
+from .text_side import DenseCLIPTextSide, TextSideOutput, reindex_vocabulary_slice
+from .vocabulary import configured_vocabulary, dataset_class_names, resolve_vocabulary

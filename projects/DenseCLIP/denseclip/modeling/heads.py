@@ -16,8 +16,6 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-from .denseclip_backbone import TEXT_EMBEDDINGS
-
 
 def clip_embed_dim(cfg: CfgNode) -> int:
     """Dimension D of CLIP's joint embedding space for MODEL.CLIP.MODEL_NAME (no model is built)."""
@@ -162,17 +160,20 @@ class TextEmbeddingFastRCNNOutputLayers(FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class DenseCLIPROIHeads(StandardROIHeads):
-    """Standard ROI heads; with MODEL.DENSECLIP.HEAD "language" the box classifier is the text
-    embeddings (from the backbone's output) and box/mask predictions are class-agnostic."""
+    """Standard ROI heads; with MODEL.DENSECLIP.HEAD "language" the box classifier is the per-image
+    text embeddings, given explicitly to ``forward``, and box/mask predictions are class-agnostic."""
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
         if uses_language_heads(cfg):
             # Open vocabulary: per-class box deltas / masks cannot exist for classes unseen in training.
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
-            cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+            wrong = [k for k, v in (("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG),
+                                    ("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK)) if not v]
+            if wrong:
+                raise ValueError(
+                    f"MODEL.DENSECLIP.HEAD 'language' predicts class-agnostic boxes and masks (any vocabulary): "
+                    f"set {' and '.join(k + ' True' for k in wrong)}"
+                )
         return super().from_config(cfg, input_shape)
 
     @classmethod
@@ -186,12 +187,29 @@ class DenseCLIPROIHeads(StandardROIHeads):
     def language_guided(self) -> bool:
         return isinstance(self.box_predictor, TextEmbeddingFastRCNNOutputLayers)
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+    def forward(self, images, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                targets: Optional[List[Instances]] = None, text_embeddings: Optional[torch.Tensor] = None):
+        """StandardROIHeads.forward; the language-guided box predictor also takes ``text_embeddings``
+        (B x K x D), which Detectron2's signature has no place for."""
         if not self.language_guided:
-            return super()._forward_box(features, proposals)
+            return super().forward(images, features, proposals, targets)
+        if text_embeddings is None:
+            raise ValueError("language-guided ROI heads need the text embeddings of the vocabulary")
+        if self.training:
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            losses = self._forward_language_box(features, proposals, text_embeddings)
+            losses.update(self._forward_mask(features, proposals))
+            losses.update(self._forward_keypoint(features, proposals))
+            return proposals, losses
+        instances = self._forward_language_box(features, proposals, text_embeddings)
+        return self.forward_with_given_boxes(features, instances), {}
+
+    def _forward_language_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], text_embeddings: torch.Tensor):
+        """StandardROIHeads._forward_box with the text embeddings and per-image region counts
+        handed to the box predictor."""
         box_features = self.box_pooler([features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals])
         box_features = self.box_head(box_features)
-        predictions = self.box_predictor(box_features, features[TEXT_EMBEDDINGS], [len(p) for p in proposals])
+        predictions = self.box_predictor(box_features, text_embeddings, [len(p) for p in proposals])
         del box_features
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)

@@ -1,22 +1,63 @@
-"""Where a model's class names come from."""
+"""Where a config's vocabulary (class names) comes from; names are checked by
+:func:`denseclip.text.validate_vocabulary`, the one validator."""
 from __future__ import annotations
 
+import logging
 from typing import List
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..text import validate_vocabulary
+
+logger = logging.getLogger(__name__)
 
 
-def resolve_class_names(cfg: CfgNode) -> List[str]:
-    """MODEL.DENSECLIP.CLASS_NAMES if set, else the thing_classes of DATASETS.TRAIN[0] (or
-    DATASETS.TEST[0] for evaluation-only configs)."""
-    if cfg.MODEL.DENSECLIP.CLASS_NAMES:
-        return list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    for dataset in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        names = MetadataCatalog.get(dataset).get("thing_classes", None)
-        if names:
-            return list(names)
-    raise ValueError(
-        "Cannot determine the class names: set MODEL.DENSECLIP.CLASS_NAMES, or register "
-        f"DATASETS.TRAIN[0] ({list(cfg.DATASETS.TRAIN)[:1]}) with metadata thing_classes"
-    )
+def dataset_class_names(dataset_name: str) -> List[str]:
+    """``thing_classes`` of a registered dataset. As Detectron2's loaders do, a dataset whose
+    metadata is only filled when it is loaded (``register_coco_instances``) is loaded once."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if not metadata.get("thing_classes", None) and dataset_name in DatasetCatalog.list():
+        DatasetCatalog.get(dataset_name)
+    return list(metadata.get("thing_classes", None) or [])
+
+
+def resolve_vocabulary(cfg: CfgNode) -> None:
+    """Write the vocabulary into ``cfg`` (unfrozen): MODEL.DENSECLIP.CLASS_NAMES, when empty, from
+    the thing_classes of DATASETS.TRAIN[0] (DATASETS.TEST[0] for evaluation-only configs), and the
+    heads' NUM_CLASSES from its size. The dumped config then records the class names."""
+    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
+    if not names:
+        for dataset in list(cfg.DATASETS.TRAIN)[:1] or list(cfg.DATASETS.TEST)[:1]:
+            names = dataset_class_names(dataset)
+            if names:
+                logger.info("Vocabulary: the %d thing_classes of dataset '%s'", len(names), dataset)
+        if not names:
+            raise ValueError(
+                "Cannot determine the class names: set MODEL.DENSECLIP.CLASS_NAMES, or register "
+                f"DATASETS.TRAIN[0] ({list(cfg.DATASETS.TRAIN)[:1]}) with metadata thing_classes"
+            )
+    validate_vocabulary(names)
+    cfg.MODEL.DENSECLIP.CLASS_NAMES = names
+    for key, node in (("MODEL.ROI_HEADS", cfg.MODEL.ROI_HEADS), ("MODEL.RETINANET", cfg.MODEL.RETINANET)):
+        if node.NUM_CLASSES != len(names):
+            logger.info("%s.NUM_CLASSES set to %d, the size of the vocabulary (was %d)", key, len(names), node.NUM_CLASSES)
+            node.NUM_CLASSES = len(names)
+
+
+def configured_vocabulary(cfg: CfgNode) -> List[str]:
+    """The vocabulary a model is built with: MODEL.DENSECLIP.CLASS_NAMES, consistent with NUM_CLASSES."""
+    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
+    if not names:
+        raise ValueError(
+            "MODEL.DENSECLIP.CLASS_NAMES is empty: build the config with denseclip.config.build_config "
+            "(which takes the class names from DATASETS.TRAIN) or set the class names"
+        )
+    validate_vocabulary(names)
+    head_key = "MODEL.RETINANET" if cfg.MODEL.META_ARCHITECTURE.endswith("RetinaNet") else "MODEL.ROI_HEADS"
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if head_key == "MODEL.RETINANET" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if num_classes != len(names):
+        raise ValueError(
+            f"{head_key}.NUM_CLASSES is {num_classes} but MODEL.DENSECLIP.CLASS_NAMES has {len(names)} names"
+        )
+    return names

@@ -17,7 +17,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-__all__ = ["FrozenCLIPText", "PromptTextEncoder"]
+__all__ = ["CLIPTextTower", "PromptTextEncoder", "validate_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +39,36 @@ def shared_prefix_length(ids: torch.Tensor) -> int:
     return int((ids == ids[:1]).all(dim=0).int().cumprod(dim=0).sum())
 
 
-class FrozenCLIPText(nn.Module):
-    """The text tower of an open_clip ``CLIP`` model, shortened to ``context_length`` and frozen.
+def validate_vocabulary(class_names: Sequence[str]) -> None:
+    """Reject vocabularies that would give a meaningless classifier: empty, non-text, blank or
+    duplicated names (duplicates compared as the tokenizer sees them: case and spacing ignored).
+    The one vocabulary check of the project: the model, the predictor and the demo use it."""
+    if isinstance(class_names, str):
+        raise ValueError(f"the vocabulary must be a list of class names, got the string {class_names!r}")
+    if len(class_names) == 0:
+        raise ValueError(
+            "vocabulary is empty: give class names (MODEL.DENSECLIP.CLASS_NAMES or the dataset's "
+            "thing_classes)"
+        )
+    bad = [repr(name) for name in class_names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ValueError(f"class names must be non-blank strings; invalid: {', '.join(bad)}")
+    counts = Counter(" ".join(name.lower().split()) for name in class_names)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise ValueError(
+            f"duplicate class names in the vocabulary (case and spacing ignored): {', '.join(duplicates)}"
+        )
+
+
+class CLIPTextTower(nn.Module):
+    """The text tower of an open_clip ``CLIP`` model, shortened to ``context_length``.
 
     The token embedding, transformer, final LayerNorm and text projection are the CLIP model's own
     modules (shared, not copied), so weights loaded into the CLIP model are the weights used here.
     Only the positional embedding is a copy, of its first ``context_length`` rows, because a
-    parameter cannot be a slice of another one. Every parameter is frozen (``requires_grad`` False):
-    DenseCLIP trains with a learning-rate multiplier of 0 on the text encoder.
+    parameter cannot be a slice of another one. Whether it trains is the owner's decision
+    (:class:`PromptTextEncoder`'s ``freeze_text_tower``).
     """
 
     def __init__(self, clip_model: nn.Module, context_length: int) -> None:
@@ -81,8 +103,6 @@ class FrozenCLIPText(nn.Module):
         # Causal mask: each token sees itself and earlier tokens, so padding after EOT is harmless.
         self.register_buffer("attn_mask", clip_model.attn_mask[:context_length, :context_length].clone(),
                              persistent=False)
-        self.requires_grad_(False)
-
     @property
     def width(self) -> int:
         """Token embedding width of the text transformer (512 for RN50/RN101)."""
@@ -154,10 +174,11 @@ class PromptTextEncoder(nn.Module):
         context_init_std: standard deviation of the context vectors' initialisation, a normal
             distribution truncated at two standard deviations. The reference calls
             ``nn.init.trunc_normal_`` with its defaults, i.e. std 1.0 (CoOp uses normal std 0.02).
+        freeze_text_tower: keep CLIP's text weights fixed (``requires_grad`` False), as DenseCLIP
+            does; the model builder sets it from SOLVER.TEXT_ENCODER_MULTIPLIER.
 
     Attributes:
-        clip_text: the frozen CLIP text tower (:class:`FrozenCLIPText`). All CLIP text weights live
-            under this one attribute, so an optimizer can single them out by the name "clip_text".
+        clip_text: the CLIP text tower (:class:`CLIPTextTower`); all CLIP text weights live here.
         context: the learnable context (n_context x width), or None in "template" mode.
     """
 
@@ -170,6 +191,7 @@ class PromptTextEncoder(nn.Module):
         name_context_length: int = 5,
         context_length: int = 13,
         context_init_std: float = 1.0,
+        freeze_text_tower: bool = True,
     ) -> None:
         super().__init__()
         self._check_config(clip_model, prompt, n_context, template, name_context_length, context_length)
@@ -178,7 +200,8 @@ class PromptTextEncoder(nn.Module):
         self.template = template
         self.name_context_length = name_context_length
         self.context_length = context_length
-        self.clip_text = FrozenCLIPText(clip_model, context_length)
+        self.clip_text = CLIPTextTower(clip_model, context_length)
+        self.clip_text.requires_grad_(not freeze_text_tower)
         if prompt == "learnable":
             self.context = nn.Parameter(torch.empty(n_context, self.clip_text.width))
             nn.init.trunc_normal_(self.context, std=context_init_std,
@@ -250,25 +273,6 @@ class PromptTextEncoder(nn.Module):
         """Dimension D of the output text embeddings (CLIP's joint embedding dimension)."""
         return self.clip_text.embed_dim
 
-    @staticmethod
-    def validate_vocabulary(class_names: Sequence[str]) -> None:
-        """Reject vocabularies that would give a meaningless classifier: empty, non-text, blank or
-        duplicated names (duplicates compared as the tokenizer sees them: case and spacing ignored)."""
-        if len(class_names) == 0:
-            raise ValueError(
-                "vocabulary is empty: give class names (MODEL.DENSECLIP.CLASS_NAMES or the dataset's "
-                "thing_classes)"
-            )
-        bad = [repr(name) for name in class_names if not isinstance(name, str) or not name.strip()]
-        if bad:
-            raise ValueError(f"class names must be non-blank strings; invalid: {', '.join(bad)}")
-        counts = Counter(" ".join(name.lower().split()) for name in class_names)
-        duplicates = sorted(name for name, count in counts.items() if count > 1)
-        if duplicates:
-            raise ValueError(
-                f"duplicate class names in the vocabulary (case and spacing ignored): {', '.join(duplicates)}"
-            )
-
     def tokenize(self, class_names: Sequence[str]) -> torch.LongTensor:
         """Token ids of the prompts, K x context_length, laid out exactly as the transformer sees them.
 
@@ -278,7 +282,7 @@ class PromptTextEncoder(nn.Module):
         ``argmax`` of a row is its EOT position. Text that does not fit is truncated, EOT kept last,
         with one warning per class name.
         """
-        self.validate_vocabulary(class_names)
+        validate_vocabulary(class_names)
         tokenizer = _clip_tokenizer()
         if self.prompt == "learnable":
             texts = list(class_names)

@@ -1,0 +1,158 @@
+"""DenseCLIP's text side: the vocabulary, its prompt text embeddings, their context-aware
+refinement and the pixel-text score maps.
+
+The meta-architecture owns one :class:`DenseCLIPTextSide`. It reads the image encoder's declared
+CLIP embeddings (``clip_global``, ``clip_dense``), returns the per-image text embeddings and score
+maps explicitly, and says how the score maps join the FPN's input.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+
+from ..backbone import CLIP_DENSE, CLIP_GLOBAL
+from ..text import ContextDecoder, PromptTextEncoder, validate_vocabulary
+from .pixel_text import pixel_text_score_map
+
+logger = logging.getLogger(__name__)
+
+
+class TextSideOutput(NamedTuple):
+    text_embeddings: torch.Tensor  # B x K x D, refined with each image's context
+    score_map: torch.Tensor  # B x K x H/s x W/s pixel-text logits (s: stride of clip_dense)
+
+
+class DenseCLIPTextSide(nn.Module):
+    """Vocabulary -> text embeddings -> context-refined text -> pixel-text score maps.
+
+    Args:
+        prompt_encoder: class names to K x D text embeddings (learnable context + frozen CLIP text).
+        context_decoder: refines the text with the image's tokens; None disables the refinement.
+        vocabulary: the class names.
+        embed_dim: D, CLIP's joint embedding dimension (size of ``gamma``).
+        tau: fixed temperature of the score maps.
+        gamma_init: initial residual scale of the decoder's update (small: text starts as CLIP's).
+        score_map_feature: the image feature the score maps are concatenated to (res5).
+    """
+
+    def __init__(
+        self,
+        prompt_encoder: PromptTextEncoder,
+        context_decoder: Optional[ContextDecoder],
+        vocabulary: Sequence[str],
+        *,
+        embed_dim: int,
+        tau: float = 0.07,
+        gamma_init: float = 1e-4,
+        score_map_feature: str = "res5",
+    ):
+        super().__init__()
+        validate_vocabulary(vocabulary)
+        self.prompt_encoder = prompt_encoder
+        self.context_decoder = context_decoder
+        self.gamma = nn.Parameter(torch.full((embed_dim,), gamma_init)) if context_decoder is not None else None
+        self.tau = tau
+        self.score_map_feature = score_map_feature
+        self._vocabulary = list(vocabulary)
+        self._cached_text: Optional[torch.Tensor] = None
+        self._register_load_state_dict_pre_hook(self._drop_text_cache)
+
+    @property
+    def vocabulary(self) -> List[str]:
+        return list(self._vocabulary)
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Use ``class_names`` from the next forward on (validated and tokenized first)."""
+        names = list(class_names)
+        self.prompt_encoder.tokenize(names)  # validates and warns about truncation before any change
+        self._vocabulary = names
+        self._cached_text = None
+
+    # ------------------------------------------------------------------------------- text
+    def _drop_text_cache(self, *args, **kwargs) -> None:
+        self._cached_text = None
+
+    def train(self, mode: bool = True) -> "DenseCLIPTextSide":
+        self._cached_text = None  # the learnable context changes while training
+        return super().train(mode)
+
+    def _text_is_learnable(self) -> bool:
+        return any(p.requires_grad for p in self.prompt_encoder.parameters())
+
+    def class_text_embeddings(self) -> torch.Tensor:
+        """K x D text embeddings of the vocabulary (before context refinement).
+
+        They do not depend on the image, so outside training (or with a fully frozen prompt) they
+        are computed once per vocabulary and cached: inference never re-runs the text encoder.
+        """
+        if self.training and self._text_is_learnable() and torch.is_grad_enabled():
+            return self.prompt_encoder(self._vocabulary)
+        if self._cached_text is None:
+            with torch.no_grad():
+                self._cached_text = self.prompt_encoder(self._vocabulary)
+        return self._cached_text
+
+    def refine_text(self, text: torch.Tensor, global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Context-aware prompting: the text attends to the image's tokens [global, dense...]."""
+        text = text.unsqueeze(0).expand(dense.shape[0], -1, -1)
+        if self.context_decoder is None:
+            return text
+        visual = torch.cat([global_embed.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
+        return text + self.gamma * self.context_decoder(text, visual)
+
+    def forward(self, image_features: Dict[str, torch.Tensor]) -> TextSideOutput:
+        dense = image_features[CLIP_DENSE]
+        text = self.refine_text(self.class_text_embeddings().to(dense.dtype), image_features[CLIP_GLOBAL], dense)
+        return TextSideOutput(text, pixel_text_score_map(dense, text, self.tau))
+
+    # ------------------------------------------------------------------------------- FPN input
+    def fuse(self, image_features: Dict[str, torch.Tensor], score_map: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The FPN's input: the image features with the score maps appended (as channels) to
+        ``score_map_feature``, resized to it when the dense embeddings have another stride (ViT)."""
+        target = image_features[self.score_map_feature]
+        if score_map.shape[-2:] != target.shape[-2:]:
+            score_map = F.interpolate(score_map, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        fused = {k: v for k, v in image_features.items() if k not in (CLIP_DENSE, CLIP_GLOBAL)}
+        fused[self.score_map_feature] = torch.cat([target, score_map.to(target.dtype)], dim=1)
+        return fused
+
+    def fused_shapes(self, image_shapes: Dict[str, ShapeSpec]) -> Dict[str, ShapeSpec]:
+        """Shapes of :meth:`fuse`'s output for an image encoder's declared shapes."""
+        if self.score_map_feature not in image_shapes:
+            raise ValueError(
+                f"MODEL.DENSECLIP.SCORE_MAP_FEATURE '{self.score_map_feature}' is not one of the image "
+                f"encoder's features {sorted(image_shapes)}"
+            )
+        shapes = {k: v for k, v in image_shapes.items() if k not in (CLIP_DENSE, CLIP_GLOBAL)}
+        target = shapes[self.score_map_feature]
+        shapes[self.score_map_feature] = ShapeSpec(channels=target.channels + len(self._vocabulary), stride=target.stride)
+        return shapes
+
+
+def reindex_vocabulary_slice(
+    tensor: torch.Tensor,
+    dim: int,
+    start: int,
+    old_vocabulary: Sequence[str],
+    new_vocabulary: Sequence[str],
+    fill: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``tensor`` whose entries ``start:`` along ``dim`` (one per name of ``old_vocabulary``) are
+    re-ordered by name for ``new_vocabulary``: a known name keeps its entry, a new one gets ``fill``
+    (default: the mean over the old vocabulary's entries, a class-agnostic response)."""
+    if tensor.shape[dim] - start != len(old_vocabulary):
+        raise ValueError(
+            f"tensor of shape {tuple(tensor.shape)} has {tensor.shape[dim] - start} vocabulary entries along "
+            f"dim {dim} after {start}, but the vocabulary has {len(old_vocabulary)} names"
+        )
+    head, per_class = tensor.narrow(dim, 0, start), tensor.narrow(dim, start, len(old_vocabulary))
+    if fill is None:
+        fill = per_class.mean(dim=dim, keepdim=True)
+    index = {name: i for i, name in enumerate(old_vocabulary)}
+    entries = [per_class.narrow(dim, index[n], 1) if n in index else fill for n in new_vocabulary]
+    return torch.cat([head, *entries], dim=dim)
