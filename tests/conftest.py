@@ -20,14 +20,6 @@ def load_config(config_file: str, opts: Sequence = (), resolve_classes: bool = T
     return build_config(str(CONFIG_DIR / config_file), opts, resolve_classes=resolve_classes)
 
 
-# MODEL.DENSECLIP.HEAD "stock": Detectron2's heads with class-specific boxes and masks.
-STOCK_HEAD_OPTS = [
-    "MODEL.DENSECLIP.HEAD", "stock",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False,
-    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", False,
-]
-
-
 @pytest.fixture
 def make_cfg() -> Callable:
     return load_config

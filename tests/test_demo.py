@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, STOCK_HEAD_OPTS, load_config
+from conftest import REPO_ROOT, load_config
 
-MASK_RCNN = "COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml"
-RETINANET = "COCO/retinanet_denseclip_R50_FPN_1x.yaml"
+MASK_RCNN = "COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml"
+RETINANET = "COCO/retinanet_denseclip_language_R50_FPN_1x.yaml"
 VOCABULARY = "cat,remote control,sofa"
 VOCABULARY_NAMES = ["cat", "remote control", "sofa"]
 FAST_OPTS = [
@@ -247,7 +247,7 @@ def test_predictor_score_maps_and_class_names_from_vocabulary(photos):
     assert predictor(image)["instances"].pred_classes.max() <= 1
 
     # Stock heads keep their training classes: a clear error, nothing changed.
-    stock = DenseCLIPPredictor(load_config(MASK_RCNN, FAST_OPTS + STOCK_HEAD_OPTS))
+    stock = DenseCLIPPredictor(load_config("COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", FAST_OPTS))  # the paper's heads
     assert len(stock.class_names) == 80 and stock.metadata.thing_classes == stock.class_names
     with pytest.raises(ValueError, match="language-guided"):
         stock.set_vocabulary(VOCABULARY)

@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from denseclip.modeling import TopKRetinaNet, select_topk_candidates
+from denseclip.modeling import TopKRetinaNet, select_topk_anchors, select_topk_candidates
 
 TINY = ["MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json",
         "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", "32"]
@@ -50,9 +50,23 @@ def test_topk_selection_with_tied_scores_keeps_the_same_scores():
     assert torch.equal(scores[anchors, classes], got_scores)  # indices point at the scores returned
 
 
+def test_anchor_candidates_are_mmdetections():
+    """mmdetection 2.x (the reference): per level, the k anchors with the best max-class score, then
+    every class score of those anchors above the threshold."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(500, 6, generator=g)
+    got_scores, anchors, classes = select_topk_anchors(scores, 40, 0.7)
+    top = scores.max(dim=1).values.argsort(descending=True)[:40]
+    expected = {(int(a), int(c)) for a in top for c in range(6) if scores[a, c] > 0.7}
+    assert {(int(a), int(c)) for a, c in zip(anchors, classes)} == expected
+    assert torch.equal(got_scores, scores[anchors, classes])
+    assert len(expected) > 40  # more pairs than k: anchors, not pairs, are counted
+
+
 @pytest.mark.parametrize("score_thresh", [0.0, 0.2])
 def test_topk_retinanet_detects_exactly_what_detectron2s_retinanet_detects(score_thresh, make_cfg):
-    opts = TINY + ["MODEL.RETINANET.SCORE_THRESH_TEST", str(score_thresh), "TEST.DETECTIONS_PER_IMAGE", "50"]
+    opts = TINY + ["MODEL.RETINANET.SCORE_THRESH_TEST", str(score_thresh), "TEST.DETECTIONS_PER_IMAGE", "50",
+                   "MODEL.RETINANET.CANDIDATE_SELECTION", "pairs"]
     cfg = make_cfg("COCO/retinanet_clip_R50_FPN_1x.yaml", opts)
     assert cfg.MODEL.META_ARCHITECTURE == "TopKRetinaNet"
     ours = build_model(cfg).eval()
@@ -79,7 +93,7 @@ def test_topk_retinanet_detects_exactly_what_detectron2s_retinanet_detects(score
 
 
 def test_language_head_logits_are_scaled_cosines_in_detectron2s_layout(make_cfg):
-    model = build_model(make_cfg("COCO/retinanet_denseclip_R50_FPN_1x.yaml", TINY)).eval()
+    model = build_model(make_cfg("COCO/retinanet_denseclip_language_R50_FPN_1x.yaml", TINY)).eval()
     head = model.head
     features = [torch.randn(2, 32, 12, 16), torch.randn(2, 32, 6, 8)]
     text = torch.randn(2, 80, model.backbone.embed_dim)  # per-image text embeddings

@@ -34,8 +34,24 @@ def add_denseclip_config(cfg: CN) -> None:
     # Keep the attention pool (needed for DenseCLIP's dense/global embeddings). The "CLIP baseline"
     # configs drop it, as the paper's RN50-CLIP rows do.
     _C.MODEL.CLIP.WITH_ATTENTION_POOL = False
+    # CLIP ResNets: how the attention pool's positional embedding (CLIP's 7x7 grid) fits a res5 grid
+    # of any size. "interpolate" (this project's default): bicubic resize of CLIP's grid to every
+    # input, any input size. "grid_crop" (the reference): resized once, bilinearly, to a trainable
+    # POS_EMBED_GRID x POS_EMBED_GRID grid when the model is built; every input uses its top-left block
+    # (inputs up to 32 x POS_EMBED_GRID px; 42 -> 1344, the reference's input resolution).
+    _C.MODEL.CLIP.POS_EMBED_MODE = "interpolate"
+    _C.MODEL.CLIP.POS_EMBED_GRID = 42
     # ViT only: strides of the simple feature pyramid built from the last block's tokens.
     _C.MODEL.CLIP.VIT_PYRAMID_SCALES = [4.0, 2.0, 1.0, 0.5]
+
+    # RetinaNet's P7: Detectron2 computes it from relu(P6); the reference (mmdetection's FPN with
+    # relu_before_extra_convs=False) from P6.
+    _C.MODEL.FPN.P7_RELU = True
+    # RetinaNet test-time candidates per level: "pairs", Detectron2's top TOPK_CANDIDATES_TEST
+    # (anchor, class) pairs above the threshold; "anchors", mmdetection 2.x's (the reference): the top
+    # TOPK_CANDIDATES_TEST anchors by their best class score, every class score of theirs above the
+    # threshold, boxes clipped to the image before NMS.
+    _C.MODEL.RETINANET.CANDIDATE_SELECTION = "pairs"
 
     # ---------------------------------------------------------------- DenseCLIP
     _C.MODEL.DENSECLIP = CN()

@@ -1,8 +1,9 @@
 """Builders registering CLIP image encoders (alone and with an FPN) with Detectron2."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
+import torch
 import torch.nn as nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -38,6 +39,8 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
             out_features=c.OUT_FEATURES,
             with_attention_pool=with_attention_pool,
             freeze_at=c.FREEZE_AT,
+            pos_embed_mode=c.POS_EMBED_MODE,
+            pos_embed_grid=c.POS_EMBED_GRID,
         )
     elif isinstance(visual, VisionTransformer):
         if c.FREEZE_AT > 0:
@@ -82,9 +85,21 @@ def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: nn.Module) -> FPN:
     )
 
 
+class LastLevelP6P7WithoutReLU(LastLevelP6P7):
+    """P6 from res5 and P7 = conv(P6), with no ReLU in between: mmdetection's FPN with
+    ``add_extra_convs='on_input'`` and ``relu_before_extra_convs=False``, as in the reference.
+    Same parameters as Detectron2's ``LastLevelP6P7`` (``p6``, ``p7``)."""
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        p6 = self.p6(x)
+        return [p6, self.p7(p6)]
+
+
 def retinanet_top_block(cfg: CfgNode, res5_channels: int) -> LastLevelP6P7:
-    """P6/P7 computed from res5 (the reference's add_extra_convs='on_input')."""
-    return LastLevelP6P7(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
+    """P6/P7 computed from res5 (the reference's add_extra_convs='on_input'); MODEL.FPN.P7_RELU says
+    whether P7 reads relu(P6) (Detectron2) or P6 (the reference)."""
+    block = LastLevelP6P7 if cfg.MODEL.FPN.P7_RELU else LastLevelP6P7WithoutReLU
+    return block(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
 
 
 @BACKBONE_REGISTRY.register()

@@ -43,11 +43,37 @@ def resize_spatial_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int], mod
     return torch.cat([cls_pos, grid_pos], dim=0)
 
 
-def attention_pool_tokens(pool: AttentionPool2d, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+# How the attention pool's positional embedding meets a feature grid of any size.
+POS_EMBED_MODES = ("interpolate", "grid_crop")
+
+
+def resize_pos_embed_grid(pool: AttentionPool2d, grid: int) -> None:
+    """The reference's build-time resize: the pool's positional embedding becomes a trainable
+    ``grid`` x ``grid`` (+ class position) parameter, bilinearly resized from CLIP's grid once."""
+    pos = pool.positional_embedding.detach()
+    resized = resize_spatial_pos_embed(pos, (grid, grid), mode="bilinear")
+    pool.positional_embedding = torch.nn.Parameter(resized.clone(), requires_grad=pool.positional_embedding.requires_grad)
+
+
+def crop_spatial_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """[cls, top-left h x w block of the square grid]: the reference's run-time positions."""
+    grid = int(math.isqrt(pos_embed.shape[0] - 1))
+    h, w = size
+    if h > grid or w > grid:
+        raise ValueError(
+            f"a {h}x{w} res5 grid does not fit the attention pool's {grid}x{grid} positional grid (inputs up to "
+            f"{grid * 32} px per side; MODEL.CLIP.POS_EMBED_GRID, or MODEL.CLIP.POS_EMBED_MODE 'interpolate')"
+        )
+    spatial = pos_embed[1:].reshape(grid, grid, -1)[:h, :w].reshape(h * w, -1)
+    return torch.cat([pos_embed[:1], spatial], dim=0)
+
+
+def attention_pool_tokens(pool: AttentionPool2d, x: torch.Tensor, pos_embed_mode: str = "interpolate") -> Tuple[torch.Tensor, torch.Tensor]:
     """Run CLIP's attention pool on every location, not only on the pooled token.
 
     Same weights and computation as ``AttentionPool2d.forward``, which returns token 0 only;
-    DenseCLIP also needs tokens 1: as dense embeddings.
+    DenseCLIP also needs tokens 1: as dense embeddings. The positional embedding is resized to the
+    feature grid ("interpolate", bicubic) or its top-left block is taken ("grid_crop", the reference).
 
     Returns:
         global embedding (B x D) and dense embeddings (B x D x H x W).
@@ -55,7 +81,10 @@ def attention_pool_tokens(pool: AttentionPool2d, x: torch.Tensor) -> Tuple[torch
     b, c, h, w = x.shape
     tokens = x.flatten(2).permute(2, 0, 1)  # (HW) x B x C
     tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
-    pos = resize_spatial_pos_embed(pool.positional_embedding, (h, w))
+    if pos_embed_mode == "grid_crop":
+        pos = crop_spatial_pos_embed(pool.positional_embedding, (h, w))
+    else:
+        pos = resize_spatial_pos_embed(pool.positional_embedding, (h, w))
     tokens = tokens + pos[:, None, :].to(tokens.dtype)
     out, _ = F.multi_head_attention_forward(
         query=tokens, key=tokens, value=tokens,
@@ -89,8 +118,12 @@ class CLIPResNet(Backbone):
         out_features: List[str] = list(_STAGES),
         with_attention_pool: bool = True,
         freeze_at: int = 0,
+        pos_embed_mode: str = "interpolate",
+        pos_embed_grid: int = 42,
     ):
         super().__init__()
+        if pos_embed_mode not in POS_EMBED_MODES:
+            raise ValueError(f"MODEL.CLIP.POS_EMBED_MODE: expected one of {POS_EMBED_MODES}, got '{pos_embed_mode}'")
         for name in out_features:
             if name not in _STAGES:
                 raise ValueError(f"MODEL.CLIP.OUT_FEATURES: unknown feature '{name}', expected a subset of {_STAGES}")
@@ -99,6 +132,9 @@ class CLIPResNet(Backbone):
             # The CLIP-baseline detectors do not use it; dropping it keeps its ~18M parameters out.
             self.visual.attnpool = None
         self.embed_dim = visual.output_dim if with_attention_pool else 0
+        self.pos_embed_mode = pos_embed_mode
+        if with_attention_pool and pos_embed_mode == "grid_crop":
+            resize_pos_embed_grid(visual.attnpool, pos_embed_grid)
         self._out_features = list(out_features)
         width = visual.conv3.out_channels  # the stem's output width (64 for RN50/RN101)
         self._out_feature_channels = {f"res{i + 2}": width * 4 * 2 ** i for i in range(4)}
@@ -141,5 +177,5 @@ class CLIPResNet(Backbone):
             if name in self._out_features:
                 outputs[name] = x
         if v.attnpool is not None:
-            outputs[CLIP_GLOBAL], outputs[CLIP_DENSE] = attention_pool_tokens(v.attnpool, x)
+            outputs[CLIP_GLOBAL], outputs[CLIP_DENSE] = attention_pool_tokens(v.attnpool, x, self.pos_embed_mode)
         return outputs

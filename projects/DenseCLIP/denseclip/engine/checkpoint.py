@@ -27,6 +27,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling import upgrade_state_dict_layout
+from ..reference_checkpoint import convert_reference_state_dict, is_reference_checkpoint
 
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write"]
 
@@ -195,10 +196,20 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             raise RuntimeError(
                 f"'{filename}' contains Python objects other than tensors and plain containers, "
                 "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
-                "dict (torch.save({'model': model.state_dict()}, path)) with a trusted process."
+                "dict (torch.save({'model': model.state_dict()}, path), or for a reference mmdetection "
+                "checkpoint torch.save({'state_dict': c['state_dict'], 'meta': {'CLASSES': c['meta']['CLASSES']}}, "
+                "path)) with a trusted process."
             ) from e
         if not isinstance(loaded, dict):
             raise RuntimeError(f"'{filename}' does not hold a state dict (got {type(loaded).__name__})")
+        if is_reference_checkpoint(loaded):
+            # The authors' mmdetection checkpoint: converted to this project's names on the fly.
+            self.logger.info(f"'{filename}' is a DenseCLIP reference (mmdetection) checkpoint: converting it")
+            classes = loaded["meta"].get("CLASSES") if isinstance(loaded["meta"], dict) else None
+            converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"])}
+            if classes:
+                converted["vocabulary"] = list(classes)
+            return converted
         return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint: Any) -> Any:

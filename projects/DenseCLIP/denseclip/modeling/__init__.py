@@ -1,4 +1,4 @@
-from .dense_decoding import TopKCandidateDecoding, select_topk_candidates
+from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding, select_topk_anchors, select_topk_candidates
 from .fused_fpn import FusedFeatures, build_fused_fpn
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
 from .meta_arch import (

@@ -33,9 +33,29 @@ def select_topk_candidates(scores: torch.Tensor, k: int, score_thresh: float) ->
     return top_scores, anchor_idxs[flat_idxs // num_classes], flat_idxs % num_classes
 
 
+def select_topk_anchors(scores: torch.Tensor, k: int, score_thresh: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mmdetection 2.x's candidates (the reference): the k anchors with the highest best-class score,
+    then every (anchor, class) score of theirs above ``score_thresh``.
+
+    Returns the scores, anchor indices and class indices, in anchor then class order.
+    """
+    num_anchors = scores.shape[0]
+    _, anchor_idxs = scores.max(dim=1).values.topk(min(k, num_anchors))
+    kept, classes = (scores[anchor_idxs] > score_thresh).nonzero(as_tuple=True)
+    anchor_idxs = anchor_idxs[kept]
+    return scores[anchor_idxs, classes], anchor_idxs, classes
+
+
+CANDIDATE_SELECTIONS = ("pairs", "anchors")
+
+
 class TopKCandidateDecoding:
-    """Mixin for Detectron2's dense detectors (``DenseDetector`` subclasses such as RetinaNet):
-    the per-level decoding with ``select_topk_candidates``; boxes are decoded as Detectron2 does."""
+    """Mixin for Detectron2's dense detectors (``DenseDetector`` subclasses such as RetinaNet): the
+    per-level decoding with ``select_topk_candidates`` ("pairs", Detectron2's candidates) or
+    ``select_topk_anchors`` ("anchors", the reference's, with boxes clipped to the image before NMS);
+    boxes are decoded as Detectron2 does. ``candidate_selection`` is set by the meta-architecture."""
+
+    candidate_selection: str = "pairs"
 
     def _decode_per_level_predictions(
         self,
@@ -46,6 +66,11 @@ class TopKCandidateDecoding:
         topk_candidates: int,
         image_size: Tuple[int, int],
     ) -> Instances:
-        scores, anchor_idxs, classes = select_topk_candidates(pred_scores, topk_candidates, score_thresh)
-        boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
-        return Instances(image_size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes)
+        if self.candidate_selection == "anchors":
+            scores, anchor_idxs, classes = select_topk_anchors(pred_scores, topk_candidates, score_thresh)
+        else:
+            scores, anchor_idxs, classes = select_topk_candidates(pred_scores, topk_candidates, score_thresh)
+        boxes = Boxes(self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]))
+        if self.candidate_selection == "anchors":
+            boxes.clip(image_size)
+        return Instances(image_size, pred_boxes=boxes, scores=scores, pred_classes=classes)

@@ -34,7 +34,7 @@ from detectron2.structures import ImageList, Instances
 
 from ..backbone.build import create_clip_from_config, wrap_clip_visual
 from ..text import ContextDecoder, PromptTextEncoder
-from .dense_decoding import TopKCandidateDecoding
+from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding
 from .fused_fpn import FusedFeatures, build_fused_fpn
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
 from .pixel_text import pixel_text_loss
@@ -268,8 +268,21 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
 @META_ARCH_REGISTRY.register()
 class TopKRetinaNet(TopKCandidateDecoding, RetinaNet):
     """Detectron2's RetinaNet with an exact, fast top-k candidate selection (same detections, same
-    weights). DenseCLIPRetinaNet builds on it and the CLIP baselines use it, so that the two differ
-    only in what DenseCLIP adds."""
+    weights), or the reference's (MODEL.RETINANET.CANDIDATE_SELECTION). DenseCLIPRetinaNet builds on
+    it and the CLIP baselines use it, so that the two differ only in what DenseCLIP adds."""
+
+    @configurable
+    def __init__(self, *, candidate_selection: str = "pairs", **kwargs):
+        super().__init__(**kwargs)
+        if candidate_selection not in CANDIDATE_SELECTIONS:
+            raise ValueError(
+                f"MODEL.RETINANET.CANDIDATE_SELECTION: expected one of {CANDIDATE_SELECTIONS}, got '{candidate_selection}'"
+            )
+        self.candidate_selection = candidate_selection
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict:
+        return {**super().from_config(cfg), "candidate_selection": cfg.MODEL.RETINANET.CANDIDATE_SELECTION}
 
 
 @META_ARCH_REGISTRY.register()
@@ -303,6 +316,7 @@ class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "vis_period": cfg.VIS_PERIOD,
             "input_format": cfg.INPUT.FORMAT,
+            "candidate_selection": r.CANDIDATE_SELECTION,
             "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
         }
 
