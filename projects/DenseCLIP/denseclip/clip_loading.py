@@ -1,12 +1,13 @@
 """Create open_clip models and load CLIP weights (pretrained tags or local files) into them."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import zipfile
-from typing import Dict
+from typing import Dict, Iterator
 
 import open_clip
 import torch
@@ -77,10 +78,31 @@ def create_clip_model(
     if pretrained and not is_file:
         return _create_from_pretrained_tag(model_name, pretrained, quick_gelu)
 
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+    with _without_open_clip_random_init_warning():
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if is_file:
         load_clip_weights(model, pretrained, expected_sha256=pretrained_sha256)
+    else:
+        logger.info("CLIP %s: random initialisation (MODEL.CLIP.PRETRAINED is empty)", model_name)
     return model
+
+
+class _OpenCLIPRandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_open_clip_random_init_warning() -> Iterator[None]:
+    """open_clip warns (on the root logger) that a model built with ``pretrained=None`` is random,
+    also when this module loads weights into it right after; the caller says what is loaded."""
+    root = logging.getLogger()
+    quiet = _OpenCLIPRandomInitFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _create_from_pretrained_tag(model_name: str, tag: str, quick_gelu: bool) -> torch.nn.Module:

@@ -33,7 +33,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from .engine.checkpoint import AtomicDetectionCheckpointer
-from .engine.config import build_config
+from .engine.config import build_config, resolve_config_vocabulary
 from .modeling.vocabulary import resolve_vocabulary
 from .text import validate_vocabulary
 
@@ -116,7 +116,7 @@ class DenseCLIPPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.cfg.defrost()
         try:
-            resolve_vocabulary(self.cfg)
+            resolve_config_vocabulary(self.cfg)  # the config's, its datasets' or MODEL.WEIGHTS' names
         except ValueError:
             if not vocabulary:
                 raise ValueError(

@@ -7,11 +7,16 @@ directory, flushed, fsync'ed and atomically renamed over the target (``os.replac
 pointer is only updated after the checkpoint itself is complete, so at any instant the directory
 holds complete files and ``last_checkpoint`` names a complete one.
 
-Loading differs from Detectron2 in three ways: a missing file is a ``FileNotFoundError`` naming it
+Saved checkpoints also record the model's vocabulary (``"vocabulary"``: the class names).
+
+Loading differs from Detectron2 in these ways: a missing file is a ``FileNotFoundError`` naming it
 (fvcore asserts, and silently trains from scratch for an empty path); ``.pth`` files are unpickled
-with ``torch.load(weights_only=True)``, which cannot execute code from an untrusted file; and
-tensors whose shapes differ from the model (typically another number of classes) are an error
-unless MODEL.REINIT_VOCABULARY_MISMATCH asks to keep them freshly initialised.
+with ``torch.load(weights_only=True)``, which cannot execute code from an untrusted file; the
+authors' mmdetection checkpoints are converted on the fly; first-layout names are upgraded; the
+per-class tensors of a checkpoint that records its vocabulary are matched to the model's class
+names by name (any order, new names get a documented fallback); and other tensors whose shapes
+differ from the model are an error unless MODEL.REINIT_VOCABULARY_MISMATCH asks to keep them
+freshly initialised.
 """
 from __future__ import annotations
 
@@ -24,12 +29,13 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
+from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling import upgrade_state_dict_layout
 from ..reference_checkpoint import convert_reference_state_dict, is_reference_checkpoint
 
-__all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write"]
+__all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "checkpoint_vocabulary"]
 
 _TMP_SUFFIX = ".tmp"
 _LAST_CHECKPOINT = "last_checkpoint"
@@ -89,6 +95,18 @@ def _format_shapes(mismatches: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, .
     return "\n".join(f"  {key}: checkpoint {tuple(ckpt)} vs model {tuple(model)}" for key, ckpt, model in mismatches)
 
 
+def checkpoint_vocabulary(path: str) -> Optional[List[str]]:
+    """The class names a checkpoint of this project (or a reference checkpoint) was trained with,
+    or None when it records none."""
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, dict):
+        return None
+    names = loaded.get("vocabulary")
+    if names is None and isinstance(loaded.get("meta"), dict):
+        names = loaded["meta"].get("CLASSES")
+    return list(names) if names else None
+
+
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves, existence checks, ``weights_only`` loading and
     an explicit policy for shape mismatches.
@@ -134,6 +152,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         data: Dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        if hasattr(model, "class_names"):
+            # The class names the per-class tensors belong to: loading matches them by name.
+            data["vocabulary"] = list(model.class_names)
         data.update(kwargs)
 
         basename = f"{name}.pth"
@@ -213,9 +235,24 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint: Any) -> Any:
-        # Before fvcore compares shapes by name: first-layout checkpoints get today's names.
-        upgrade_state_dict_layout(checkpoint.get("model") or {})
-        num_tensors = len(checkpoint.get("model") or {})
+        state = checkpoint.get("model") or {}
+        _strip_prefix_if_present(state, "module.")
+        # Before fvcore compares shapes by name: first-layout checkpoints get today's names, and the
+        # per-class tensors of a checkpoint that records its vocabulary follow this model's, by name.
+        upgrade_state_dict_layout(state)
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        vocabulary = checkpoint.get("vocabulary")
+        if vocabulary and hasattr(model, "adapt_checkpoint_vocabulary"):
+            new = model.adapt_checkpoint_vocabulary(state, list(vocabulary), fresh_new_classes=self.reinit_mismatched)
+            if list(vocabulary) != model.class_names:
+                self.logger.info(
+                    f"'{self._loading}' was trained on {len(vocabulary)} classes; matched by name to the model's "
+                    f"{len(model.class_names)}" + (
+                        f"; {len(new)} new name(s) ({', '.join(new[:5])}{', ...' if len(new) > 5 else ''}) get "
+                        + ("fresh weights (MODEL.REINIT_VOCABULARY_MISMATCH)" if self.reinit_mismatched
+                           else "the mean of the trained classes' weights") if new else "")
+                )
+        num_tensors = len(state)
         incompatible = super()._load_model(checkpoint)
         mismatched = incompatible.incorrect_shapes
         model_keys = list(self.model.state_dict())

@@ -14,8 +14,16 @@ from detectron2.config import CfgNode, get_cfg
 from ..config import add_denseclip_config
 from ..data import register_datasets_from_spec, register_synthetic_from_config
 from ..modeling.vocabulary import resolve_vocabulary
+from .checkpoint import checkpoint_vocabulary
 
-__all__ = ["ConfigError", "DENSECLIP_META_ARCHITECTURES", "build_config", "merge_config_file", "merge_overrides"]
+__all__ = [
+    "ConfigError",
+    "DENSECLIP_META_ARCHITECTURES",
+    "build_config",
+    "merge_config_file",
+    "merge_overrides",
+    "resolve_config_vocabulary",
+]
 
 logger = logging.getLogger("denseclip")
 
@@ -78,7 +86,23 @@ def build_config(
     specs = list(dict.fromkeys(list(dataset_specs) + list(cfg.DATASETS.REGISTER)))
     if specs:
         register_datasets_from_spec(specs)
+        # Recorded in the config (and so in the run's config.yaml, which then registers them again).
+        cfg.DATASETS.REGISTER = specs
     register_synthetic_from_config(cfg)
     if resolve_classes and cfg.MODEL.META_ARCHITECTURE in DENSECLIP_META_ARCHITECTURES:
-        resolve_vocabulary(cfg)
+        resolve_config_vocabulary(cfg)
     return cfg
+
+
+def resolve_config_vocabulary(cfg: CfgNode) -> None:
+    """:func:`resolve_vocabulary`; when neither the config nor its datasets name the classes, the
+    names recorded in MODEL.WEIGHTS (a checkpoint of this project, or the authors')."""
+    try:
+        resolve_vocabulary(cfg)
+    except ValueError:
+        names = checkpoint_vocabulary(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS) else None
+        if not names:
+            raise
+        logger.info("Vocabulary: the %d class names recorded in MODEL.WEIGHTS %s", len(names), cfg.MODEL.WEIGHTS)
+        cfg.MODEL.DENSECLIP.CLASS_NAMES = names
+        resolve_vocabulary(cfg)

@@ -10,5 +10,5 @@ from .meta_arch import (
     upgrade_state_dict_layout,
 )
 from .pixel_text import box_target_maps, pixel_text_loss, pixel_text_score_map
-from .text_side import DenseCLIPTextSide, TextSideOutput, reindex_vocabulary_slice
+from .text_side import DenseCLIPTextSide, TextSideOutput, VocabularySlice, reindex_vocabulary_slice
 from .vocabulary import configured_vocabulary, dataset_class_names, resolve_vocabulary

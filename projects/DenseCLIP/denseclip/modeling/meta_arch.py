@@ -38,7 +38,7 @@ from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding
 from .fused_fpn import FusedFeatures, build_fused_fpn
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
 from .pixel_text import pixel_text_loss
-from .text_side import DenseCLIPTextSide, reindex_vocabulary_slice
+from .text_side import DenseCLIPTextSide, VocabularySlice, reindex_vocabulary_slice
 from .vocabulary import configured_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -159,15 +159,17 @@ class DenseCLIPMetaArchMixin:
         return groups
 
     # ------------------------------------------------------------------------------- vocabulary
-    def vocabulary_dependent_parameters(self) -> Dict[str, Tuple[int, int]]:
-        """Parameters holding one entry per class: name -> (dim, index of the first class entry).
-        They are the FPN convs that read the score-map channels: the lateral conv of the score-map
-        feature and, for RetinaNet, P6 computed from it."""
+    def vocabulary_dependent_parameters(self) -> Dict[str, VocabularySlice]:
+        """Tensors holding one entry per class of the vocabulary, by name: the FPN convs that read the
+        score-map channels (the lateral conv of the score-map feature and, for RetinaNet, P6 computed
+        from it) and the stock heads' per-class outputs (:meth:`_head_vocabulary_parameters`)."""
         feature = self.text_side.score_map_feature
         shape = self.backbone.output_shape()[feature]
-        names = {f"fpn.fpn_lateral{int(math.log2(shape.stride))}.weight": (1, shape.channels)}
+        fpn_slice = VocabularySlice(dim=1, prefix=shape.channels)
+        names = {f"fpn.fpn_lateral{int(math.log2(shape.stride))}.weight": fpn_slice}
         if getattr(self.fpn.top_block, "in_feature", None) == feature:
-            names["fpn.top_block.p6.weight"] = (1, shape.channels)
+            names["fpn.top_block.p6.weight"] = fpn_slice
+        names.update(self._head_vocabulary_parameters())
         return names
 
     def set_vocabulary(self, class_names: List[str]) -> None:
@@ -190,19 +192,40 @@ class DenseCLIPMetaArchMixin:
             self._base_vocabulary = self.text_side.vocabulary
             self._base_tensors = {n: self.get_parameter(n).detach().clone() for n in dependent}
         self.text_side.set_vocabulary(names)  # validates before anything changes
-        for name, (dim, start) in dependent.items():
-            module_name, attr = name.rsplit(".", 1)
-            module = self.get_submodule(module_name)
-            old = getattr(module, attr)
-            new = reindex_vocabulary_slice(self._base_tensors[name].to(old.device), dim, start, self._base_vocabulary, names)
-            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
-            if isinstance(module, nn.Conv2d):
-                module.in_channels = new.shape[1]
+        for name, where in dependent.items():
+            new = reindex_vocabulary_slice(self._base_tensors[name], where, self._base_vocabulary, names)
+            self._replace_parameter(name, new)
         fused = self.fpn.bottom_up
         assert isinstance(fused, FusedFeatures)
         fused.set_shapes(self.text_side.fused_shapes(self.backbone.output_shape()))
         self._set_head_num_classes(len(names))
         logger.info("Vocabulary set to %d classes", len(names))
+
+    def _replace_parameter(self, name: str, value: torch.Tensor) -> None:
+        module_name, attr = name.rsplit(".", 1)
+        module = self.get_submodule(module_name)
+        old = getattr(module, attr)
+        setattr(module, attr, nn.Parameter(value.to(old.device), requires_grad=old.requires_grad))
+        if isinstance(module, nn.Conv2d) and attr == "weight":
+            module.in_channels = value.shape[1]
+
+    def adapt_checkpoint_vocabulary(self, state_dict: Dict[str, torch.Tensor], checkpoint_vocabulary: List[str],
+                                    fresh_new_classes: bool = False) -> List[str]:
+        """Re-index, in place, the vocabulary-dependent tensors of a checkpoint trained with
+        ``checkpoint_vocabulary`` for this model's vocabulary, by name: a shared name keeps its
+        trained entries (whatever its position), a new name gets the mean of the trained entries
+        or, with ``fresh_new_classes`` (fine-tuning), this model's freshly initialised ones.
+        Returns the names that are new to the checkpoint."""
+        vocabulary = self.text_side.vocabulary
+        if list(checkpoint_vocabulary) == vocabulary:
+            return []
+        current = self.state_dict()
+        for name, where in self.vocabulary_dependent_parameters().items():
+            if name in state_dict and where.num_classes(state_dict[name]) == len(checkpoint_vocabulary):
+                fill = current[name] if fresh_new_classes else None
+                state_dict[name] = reindex_vocabulary_slice(state_dict[name], where, checkpoint_vocabulary, vocabulary, fill)
+        known = set(checkpoint_vocabulary)
+        return [n for n in vocabulary if n not in known]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints of the first layout load into this one (keys renamed, as PointRend does).
@@ -237,6 +260,18 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
 
     def _set_head_num_classes(self, num_classes: int) -> None:
         self.roi_heads.set_num_classes(num_classes)
+
+    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        if self.language_guided:  # the classifier is the text: nothing per class
+            return {}
+        predictor = self.roi_heads.box_predictor
+        names = {f"roi_heads.box_predictor.cls_score.{p}": VocabularySlice(dim=0, suffix=1) for p in ("weight", "bias")}
+        if predictor.bbox_pred.out_features > 4:  # class-specific boxes
+            names.update({f"roi_heads.box_predictor.bbox_pred.{p}": VocabularySlice(dim=0, per_class=4) for p in ("weight", "bias")})
+        mask_head = getattr(self.roi_heads, "mask_head", None)
+        if mask_head is not None and mask_head.predictor.out_channels > 1:  # one mask per class
+            names.update({f"roi_heads.mask_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")})
+        return names
 
     def _head_text(self, dense: DenseCLIPFeatures) -> Dict[str, torch.Tensor]:
         return {"text_embeddings": dense.text_embeddings} if self.language_guided else {}
@@ -327,6 +362,12 @@ class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
     def _set_head_num_classes(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head.num_classes = num_classes
+
+    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        if self.language_guided:  # the classifier is the text: nothing per class
+            return {}
+        anchors = self.head.cls_score.out_channels // self.num_classes
+        return {f"head.cls_score.{p}": VocabularySlice(dim=0, groups=anchors) for p in ("weight", "bias")}
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         # Overridden: features come from extract_features, the language-guided head takes the text,

@@ -134,25 +134,58 @@ class DenseCLIPTextSide(nn.Module):
         return shapes
 
 
+class VocabularySlice(NamedTuple):
+    """Where a tensor holds one entry per class, along ``dim``: ``prefix`` leading entries (e.g. the
+    image channels of an FPN conv), then ``groups`` blocks (e.g. one per anchor) of K classes with
+    ``per_class`` entries each (4 box deltas, 1 logit), then ``suffix`` trailing ones (background)."""
+
+    dim: int
+    prefix: int = 0
+    suffix: int = 0
+    groups: int = 1
+    per_class: int = 1
+
+    def num_classes(self, tensor: torch.Tensor) -> int:
+        return (tensor.shape[self.dim] - self.prefix - self.suffix) // (self.groups * self.per_class)
+
+
 def reindex_vocabulary_slice(
     tensor: torch.Tensor,
-    dim: int,
-    start: int,
+    where: VocabularySlice,
     old_vocabulary: Sequence[str],
     new_vocabulary: Sequence[str],
     fill: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``tensor`` whose entries ``start:`` along ``dim`` (one per name of ``old_vocabulary``) are
-    re-ordered by name for ``new_vocabulary``: a known name keeps its entry, a new one gets ``fill``
-    (default: the mean over the old vocabulary's entries, a class-agnostic response)."""
-    if tensor.shape[dim] - start != len(old_vocabulary):
+    """``tensor`` whose per-class entries (see :class:`VocabularySlice`), one per name of
+    ``old_vocabulary``, are re-ordered by name for ``new_vocabulary``: a known name keeps its entries,
+    a new one gets those of ``fill`` (a tensor laid out for ``new_vocabulary``; default: the mean
+    over the old vocabulary's entries, a class-agnostic response)."""
+    dim, k_old = where.dim, len(old_vocabulary)
+    middle = where.groups * k_old * where.per_class
+    if tensor.shape[dim] != where.prefix + middle + where.suffix:
         raise ValueError(
-            f"tensor of shape {tuple(tensor.shape)} has {tensor.shape[dim] - start} vocabulary entries along "
-            f"dim {dim} after {start}, but the vocabulary has {len(old_vocabulary)} names"
+            f"tensor of shape {tuple(tensor.shape)} does not hold {k_old} classes along dim {dim} as {where}"
         )
-    head, per_class = tensor.narrow(dim, 0, start), tensor.narrow(dim, start, len(old_vocabulary))
+    head = tensor.narrow(dim, 0, where.prefix)
+    tail = tensor.narrow(dim, where.prefix + middle, where.suffix)
+    rest = tensor.shape[dim + 1:]
+    per_class = tensor.narrow(dim, where.prefix, middle).reshape(
+        *tensor.shape[:dim], where.groups, k_old, where.per_class, *rest)
+    class_dim = dim + 1
     if fill is None:
-        fill = per_class.mean(dim=dim, keepdim=True)
+        fallback = per_class.mean(dim=class_dim, keepdim=True)
+        new_entries = None
+    else:
+        new_entries = fill.narrow(dim, where.prefix, where.groups * len(new_vocabulary) * where.per_class).reshape(
+            *tensor.shape[:dim], where.groups, len(new_vocabulary), where.per_class, *rest)
     index = {name: i for i, name in enumerate(old_vocabulary)}
-    entries = [per_class.narrow(dim, index[n], 1) if n in index else fill for n in new_vocabulary]
-    return torch.cat([head, *entries], dim=dim)
+    entries = []
+    for j, name in enumerate(new_vocabulary):
+        if name in index:
+            entries.append(per_class.narrow(class_dim, index[name], 1))
+        elif new_entries is not None:
+            entries.append(new_entries.narrow(class_dim, j, 1).to(tensor.dtype))
+        else:
+            entries.append(fallback)
+    middle_new = torch.cat(entries, dim=class_dim).reshape(*tensor.shape[:dim], -1, *rest)
+    return torch.cat([head, middle_new, tail], dim=dim)
