@@ -39,7 +39,6 @@ import shlex
 import statistics
 import sys
 import time
-import types
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -468,36 +467,6 @@ def count_parameters(model: torch.nn.Module) -> Dict[str, Any]:
     }
 
 
-def _import_flop_count_analysis():
-    """Detectron2's FlopCountAnalysis. detectron2 v0.6's ``detectron2.export`` package imports caffe2
-    (gone from PyTorch) in its __init__; the analysis only needs ``detectron2.export.flatten``, which
-    is loaded here under a temporary stand-in for the package (removed again afterwards)."""
-    try:
-        from detectron2.utils.analysis import FlopCountAnalysis
-
-        return FlopCountAnalysis
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("caffe2"):
-            raise
-    import detectron2
-
-    sys.modules.pop("detectron2.utils.analysis", None)
-    stub = types.ModuleType("detectron2.export")
-    stub.__path__ = [str(Path(detectron2.__file__).parent / "export")]
-    sys.modules["detectron2.export"] = stub
-    try:
-        from detectron2.export.flatten import TracingAdapter
-
-        stub.TracingAdapter = TracingAdapter
-        from detectron2.utils.analysis import FlopCountAnalysis
-    finally:
-        if sys.modules.get("detectron2.export") is stub:
-            del sys.modules["detectron2.export"]
-        if getattr(detectron2, "export", None) is stub:
-            delattr(detectron2, "export")
-    return FlopCountAnalysis
-
-
 def _sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """aten::scaled_dot_product_attention: Q K^T and A V, as two batched matmuls (multiply-adds).
     fvcore 0.1.5 has no handle for it (PyTorch's MultiheadAttention uses it in inference)."""
@@ -510,7 +479,8 @@ def _sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """fvcore FLOPs (1 multiply-add = 1 flop) of the model in eval mode on ``inputs`` (batch 1)."""
-    FlopCountAnalysis = _import_flop_count_analysis()
+    from detectron2.utils.analysis import FlopCountAnalysis
+
     model.eval()
     with torch.no_grad():
         model(inputs)  # fills caches (DenseCLIP's text embeddings) so that the trace is the inference path

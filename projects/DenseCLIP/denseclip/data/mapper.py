@@ -26,8 +26,8 @@ in three ways:
 Images without annotations and crowd-only images are valid training samples here; Detectron2's
 loader removes them beforehand when DATALOADER.FILTER_EMPTY_ANNOTATIONS is True (its default).
 
-Importing this module also fixes Detectron2's ``MapDataset`` retry (see ``_map_dataset_getitem``):
-without the fix, the first None returned by a mapper crashes training on Python >= 3.11.
+Skipping relies on ``MapDataset``'s retry, which Detectron2 v0.6 breaks on Python >= 3.11
+(``random.sample`` on a set); ``scripts/install_detectron2.py`` patches it in the installed Detectron2.
 """
 import copy
 import io
@@ -41,7 +41,6 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.data.common import MapDataset
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from PIL import Image, ImageOps
@@ -207,28 +206,3 @@ class RobustDatasetMapper(DatasetMapper):
         if len(kept) < len(annotations):
             logger.debug(f"Dropped {len(annotations) - len(kept)} of {len(annotations)} annotations")
         return kept
-
-
-def _map_dataset_getitem(self: MapDataset, idx: int):
-    """``MapDataset.__getitem__`` of Detectron2 (0.6 and current main), except that the fallback
-    index is drawn from a sorted list instead of a set: ``random.sample`` no longer accepts sets
-    since Python 3.11, so there the first sample a mapper skips by returning None raises
-    ``TypeError: Population must be a sequence`` and kills training instead of retrying."""
-    retry_count = 0
-    cur_idx = int(idx)
-    while True:
-        data = self._map_func(self._dataset[cur_idx])
-        if data is not None:
-            self._fallback_candidates.add(cur_idx)
-            return data
-        # The mapper skipped this index: try a random other one that has not failed.
-        retry_count += 1
-        self._fallback_candidates.discard(cur_idx)
-        if not self._fallback_candidates:
-            raise RuntimeError(f"Every sample of the dataset ({len(self._dataset)}) was skipped by the mapper")
-        cur_idx = self._rng.sample(sorted(self._fallback_candidates), k=1)[0]
-        if retry_count >= 3:
-            logger.warning(f"Failed to apply `_map_func` for idx: {idx}, retry count: {retry_count}")
-
-
-MapDataset.__getitem__ = _map_dataset_getitem

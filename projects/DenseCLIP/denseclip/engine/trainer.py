@@ -16,11 +16,9 @@ from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
-from detectron2.engine import defaults as d2_defaults
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper
@@ -193,26 +191,6 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     return parser
 
 
-def _collect_env_info_tolerant() -> str:
-    """``collect_env_info`` for builds whose ``detectron2._C`` is a stub without its helper
-    functions (the C++-less build of this project): there it raises AttributeError, which would
-    abort ``default_setup`` before training starts."""
-    try:
-        return collect_env_info()
-    except AttributeError as e:
-        return f"(environment details unavailable: detectron2 built without its C++ extension: {e})"
-
-
-def _default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
-    """Detectron2's ``default_setup`` with :func:`_collect_env_info_tolerant` in place."""
-    original = d2_defaults.collect_env_info
-    d2_defaults.collect_env_info = _collect_env_info_tolerant
-    try:
-        default_setup(cfg, args)
-    finally:
-        d2_defaults.collect_env_info = original
-
-
 def _make_deterministic(cfg: CfgNode) -> None:
     """With a fixed SEED, ask PyTorch for deterministic kernels so that CPU runs repeat their losses
     bit for bit (``default_setup`` already seeds Python, NumPy and torch with SEED + rank). On GPU
@@ -230,7 +208,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     ``default_setup``, plus the "denseclip" logger."""
     cfg = build_config(args.config_file, args.opts or [], dataset_specs=list(getattr(args, "dataset", None) or []))
     cfg.freeze()
-    _default_setup(cfg, args)
+    default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
     if cfg.SEED >= 0:
