@@ -1,5 +1,6 @@
-"""DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the CLIP
-image encoder, with the DenseCLIP text side and an FPN over image features + score maps.
+"""DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the CLIP image
+encoder, with the DenseCLIP text side and an FPN over image features + score maps
+(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`).
 
 Model layout (parameter name prefixes):
     backbone.    CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -9,18 +10,13 @@ Model layout (parameter name prefixes):
 """
 from __future__ import annotations
 
-import logging
-import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
-import torch.nn as nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import (
-    FPN,
     META_ARCH_REGISTRY,
-    Backbone,
     GeneralizedRCNN,
     RetinaNet,
     build_anchor_generator,
@@ -30,208 +26,12 @@ from detectron2.modeling import (
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Instances
 
-from ..backbone.build import create_clip_from_config, wrap_clip_visual
-from ..text import ContextDecoder, PromptTextEncoder
 from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding
-from .fused_fpn import FusedFeatures, build_fused_fpn
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, build_denseclip_parts
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
-from .pixel_text import pixel_text_loss
-from .text_side import DenseCLIPTextSide, VocabularySlice, reindex_vocabulary_slice
-from .vocabulary import configured_vocabulary
-
-logger = logging.getLogger(__name__)
-
-# Parameter-name prefixes of the first layout (everything under one DenseCLIPBackbone), renamed
-# when such a checkpoint is loaded.
-_FIRST_LAYOUT_RENAMES: Tuple[Tuple[str, str], ...] = (
-    ("backbone.image_encoder.", "backbone."),
-    ("backbone.text_encoder.", "text_side.prompt_encoder."),
-    ("backbone.context_decoder.", "text_side.context_decoder."),
-    ("backbone.gamma", "text_side.gamma"),
-    ("backbone.fpn.", "fpn."),
-)
-
-
-def upgrade_state_dict_layout(state_dict: Dict[str, torch.Tensor], prefix: str = "") -> bool:
-    """Rename, in place, the keys of a checkpoint written with the first model layout; True if any."""
-    renamed = False
-    for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
-        local = key[len(prefix):]
-        for old, new in _FIRST_LAYOUT_RENAMES:
-            if local.startswith(old):
-                state_dict[prefix + new + local[len(old):]] = state_dict.pop(key)
-                renamed = True
-                break
-    return renamed
-
-
-class DenseCLIPParts(NamedTuple):
-    backbone: Backbone
-    text_side: DenseCLIPTextSide
-    fpn: FPN
-
-
-def build_denseclip_parts(cfg: CfgNode, retinanet: bool) -> DenseCLIPParts:
-    """Image encoder, text side and fused FPN, from one open_clip model (both towers' weights)."""
-    if cfg.MODEL.BACKBONE.NAME != "build_clip_backbone":
-        raise ValueError(
-            f"DenseCLIP's image encoder is a CLIP backbone: MODEL.BACKBONE.NAME must be 'build_clip_backbone', "
-            f"got '{cfg.MODEL.BACKBONE.NAME}'"
-        )
-    if not cfg.MODEL.CLIP.WITH_ATTENTION_POOL:
-        raise ValueError("DenseCLIP needs CLIP's dense embeddings: set MODEL.CLIP.WITH_ATTENTION_POOL True")
-    d = cfg.MODEL.DENSECLIP
-    clip_model = create_clip_from_config(cfg)
-    backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
-    prompt_encoder = PromptTextEncoder(
-        clip_model,
-        prompt=d.PROMPT,
-        n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
-        template=d.TEMPLATE,
-        name_context_length=d.NAME_CONTEXT_LENGTH,
-        context_length=d.TEXT_CONTEXT_LENGTH,
-        # The one place that decides whether CLIP's text weights train.
-        freeze_text_tower=cfg.SOLVER.TEXT_ENCODER_MULTIPLIER == 0,
-    )
-    decoder = None
-    if d.CONTEXT_DECODER.ENABLED:
-        c = d.CONTEXT_DECODER
-        decoder = ContextDecoder(backbone.embed_dim, width=c.WIDTH, heads=c.HEADS, layers=c.LAYERS, dropout=c.DROPOUT)
-    text_side = DenseCLIPTextSide(
-        prompt_encoder, decoder, configured_vocabulary(cfg), embed_dim=backbone.embed_dim,
-        tau=d.TAU, gamma_init=d.CONTEXT_DECODER.GAMMA_INIT, score_map_feature=d.SCORE_MAP_FEATURE,
-    )
-    fpn = build_fused_fpn(cfg, text_side.fused_shapes(backbone.output_shape()), retinanet)
-    return DenseCLIPParts(backbone, text_side, fpn)
-
-
-class DenseCLIPFeatures(NamedTuple):
-    features: Dict[str, torch.Tensor]  # FPN levels
-    text_embeddings: torch.Tensor  # B x K x D
-    score_map: torch.Tensor  # B x K x h x w
-
-
-class DenseCLIPMetaArchMixin:
-    """What the DenseCLIP meta-architectures add to Detectron2's: the text side and the fused FPN,
-    the auxiliary pixel-text loss, the vocabulary and its swap, and the recipe's parameter groups."""
-
-    backbone: Backbone
-
-    @configurable
-    def __init__(self, *, text_side: DenseCLIPTextSide, fpn: FPN, pixel_text_loss_weight: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.text_side = text_side
-        self.fpn = fpn
-        self.pixel_text_loss_weight = pixel_text_loss_weight
-        # Tensors of the vocabulary the model was trained with, kept the first time the vocabulary
-        # is swapped so that swapping back is exact.
-        self._base_vocabulary: Optional[List[str]] = None
-        self._base_tensors: Dict[str, torch.Tensor] = {}
-
-    @property
-    def class_names(self) -> List[str]:
-        return self.text_side.vocabulary
-
-    def extract_features(self, images: ImageList) -> DenseCLIPFeatures:
-        image_features = self.backbone(images.tensor)
-        text, score_map = self.text_side(image_features)
-        return DenseCLIPFeatures(self.fpn(self.text_side.fuse(image_features, score_map)), text, score_map)
-
-    def pixel_text_losses(self, dense: DenseCLIPFeatures, gt_instances: List[Instances], images: ImageList) -> Dict[str, torch.Tensor]:
-        if self.pixel_text_loss_weight <= 0:
-            return {}
-        loss = pixel_text_loss(dense.score_map, gt_instances, images.tensor.shape[-2:])
-        return {"loss_pixel_text": loss * self.pixel_text_loss_weight}
-
-    # ------------------------------------------------------------------------------- parameters
-    def parameter_groups(self) -> Dict[str, List[Tuple[str, nn.Parameter]]]:
-        """Parameters by role in the recipe: the CLIP image encoder, CLIP's text tower, the learnable
-        text prompt, and the rest (context decoder, gamma, FPN, heads)."""
-        roles = {id(p): "image_encoder" for p in self.backbone.parameters()}
-        roles.update({id(p): "text_tower" for p in self.text_side.prompt_encoder.clip_text.parameters()})
-        if self.text_side.prompt_encoder.context is not None:
-            roles[id(self.text_side.prompt_encoder.context)] = "text_prompt"
-        groups: Dict[str, List[Tuple[str, nn.Parameter]]] = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
-        for name, param in self.named_parameters():
-            groups[roles.get(id(param), "rest")].append((name, param))
-        return groups
-
-    # ------------------------------------------------------------------------------- vocabulary
-    def vocabulary_dependent_parameters(self) -> Dict[str, VocabularySlice]:
-        """Tensors holding one entry per class of the vocabulary, by name: the FPN convs that read the
-        score-map channels (the lateral conv of the score-map feature and, for RetinaNet, P6 computed
-        from it) and the stock heads' per-class outputs (:meth:`_head_vocabulary_parameters`)."""
-        feature = self.text_side.score_map_feature
-        shape = self.backbone.output_shape()[feature]
-        fpn_slice = VocabularySlice(dim=1, prefix=shape.channels)
-        names = {f"fpn.fpn_lateral{int(math.log2(shape.stride))}.weight": fpn_slice}
-        if getattr(self.fpn.top_block, "in_feature", None) == feature:
-            names["fpn.top_block.p6.weight"] = fpn_slice
-        names.update(self._head_vocabulary_parameters())
-        return names
-
-    def set_vocabulary(self, class_names: List[str]) -> None:
-        """Detect a new set of classes, given by name, without rebuilding or reloading the model.
-
-        The text embeddings are recomputed (once). The tensors that read the score maps are
-        re-indexed by name: a name of the training vocabulary keeps its learned weights, a new name
-        gets the mean of the training vocabulary's weights (a class-agnostic response). Requires the
-        language-guided heads (MODEL.DENSECLIP.HEAD "language"): stock heads have one learned weight
-        vector per training class.
-        """
-        if not self.language_guided:
-            raise RuntimeError(
-                "Changing the vocabulary needs the language-guided heads (MODEL.DENSECLIP.HEAD 'language'); "
-                "this model uses Detectron2's stock classifier with a fixed number of classes"
-            )
-        names = list(class_names)
-        dependent = self.vocabulary_dependent_parameters()
-        if self._base_vocabulary is None:
-            self._base_vocabulary = self.text_side.vocabulary
-            self._base_tensors = {n: self.get_parameter(n).detach().clone() for n in dependent}
-        self.text_side.set_vocabulary(names)  # validates before anything changes
-        for name, where in dependent.items():
-            new = reindex_vocabulary_slice(self._base_tensors[name], where, self._base_vocabulary, names)
-            self._replace_parameter(name, new)
-        fused = self.fpn.bottom_up
-        assert isinstance(fused, FusedFeatures)
-        fused.set_shapes(self.text_side.fused_shapes(self.backbone.output_shape()))
-        self._set_head_num_classes(len(names))
-        logger.info("Vocabulary set to %d classes", len(names))
-
-    def _replace_parameter(self, name: str, value: torch.Tensor) -> None:
-        module_name, attr = name.rsplit(".", 1)
-        module = self.get_submodule(module_name)
-        old = getattr(module, attr)
-        setattr(module, attr, nn.Parameter(value.to(old.device), requires_grad=old.requires_grad))
-        if isinstance(module, nn.Conv2d) and attr == "weight":
-            module.in_channels = value.shape[1]
-
-    def adapt_checkpoint_vocabulary(self, state_dict: Dict[str, torch.Tensor], checkpoint_vocabulary: List[str],
-                                    fresh_new_classes: bool = False) -> List[str]:
-        """Re-index, in place, the vocabulary-dependent tensors of a checkpoint trained with
-        ``checkpoint_vocabulary`` for this model's vocabulary, by name: a shared name keeps its
-        trained entries (whatever its position), a new name gets the mean of the trained entries
-        or, with ``fresh_new_classes`` (fine-tuning), this model's freshly initialised ones.
-        Returns the names that are new to the checkpoint."""
-        vocabulary = self.text_side.vocabulary
-        if list(checkpoint_vocabulary) == vocabulary:
-            return []
-        current = self.state_dict()
-        for name, where in self.vocabulary_dependent_parameters().items():
-            if name in state_dict and where.num_classes(state_dict[name]) == len(checkpoint_vocabulary):
-                fill = current[name] if fresh_new_classes else None
-                state_dict[name] = reindex_vocabulary_slice(state_dict[name], where, checkpoint_vocabulary, vocabulary, fill)
-        known = set(checkpoint_vocabulary)
-        return [n for n in vocabulary if n not in known]
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints of the first layout load into this one (keys renamed, as PointRend does).
-        if upgrade_state_dict_layout(state_dict, prefix):
-            logger.info("Checkpoint of the first DenseCLIP layout: parameter names upgraded")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+from .text_side import VocabularySlice
 
 
 @META_ARCH_REGISTRY.register()
