@@ -610,6 +610,16 @@ def test_coco_evaluator_uses_the_installed_detectron2(make_cfg, tiny_data, tmp_p
     assert fast_coco_eval_available() == hasattr(_C, "COCOevalAccumulate")
 
 
+def test_readme_names_where_predictions_are_written(make_cfg, tiny_data, tmp_path):
+    """The README said OUTPUT_DIR/inference/coco_instances_results.json; it is one folder per dataset."""
+    cfg = make_cfg(MASK_RCNN, [*TINY_OPTS, "OUTPUT_DIR", str(tmp_path)])
+    evaluator = build_coco_evaluator(cfg, "engine_tiny_val")
+    assert evaluator._output_dir == str(tmp_path / "inference" / "engine_tiny_val")
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "`OUTPUT_DIR/inference/<dataset>/coco_instances_results.json`" in readme
+    assert "`OUTPUT_DIR/inference/coco_instances_results.json`" not in readme
+
+
 def test_coco_evaluator_without_cpp_extension(make_cfg, tiny_data, tmp_path):
     if fast_coco_eval_available():
         pytest.skip("this Detectron2 has its C++ ops (COCOeval_opt); the fallback is for the C++-less build")
