@@ -6,13 +6,14 @@ this project).
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CFG --dataset my_train=ann.json:images/ DATASETS.TRAIN "('my_train',)"
 
-Without GPUs, ``--num-gpus N`` trains with N CPU processes (gloo); ``--resume`` continues from the
-``last_checkpoint`` of OUTPUT_DIR.
+Without GPUs, ``--num-gpus N --cpu-processes`` trains with N CPU processes (gloo); ``--resume``
+continues from the ``last_checkpoint`` of OUTPUT_DIR.
 """
 import argparse
+import sys
 from typing import Any
 
-from denseclip.engine import Trainer, default_argument_parser, launch, setup
+from denseclip.engine import LaunchError, Trainer, cpu_processes_requested, default_argument_parser, launch, setup
 
 
 def main(args: argparse.Namespace) -> Any:
@@ -29,11 +30,15 @@ def main(args: argparse.Namespace) -> Any:
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            cpu_processes=cpu_processes_requested(args),
+        )
+    except LaunchError as e:
+        sys.exit(f"train_net.py: error: {e}")

@@ -29,10 +29,14 @@ from denseclip.engine import (
     ConfigError,
     GradScalerOverflowLogger,
     IncompatibleCheckpointError,
+    LaunchError,
     Trainer,
+    build_config,
     build_lr_scheduler,
     build_optimizer,
+    cpu_processes_requested,
     default_argument_parser,
+    launch,
     merge_config_file,
     merge_overrides,
     resolve_step_fractions,
@@ -276,7 +280,10 @@ def test_text_encoder_multiplier_and_embeddings(make_cfg):
 
 def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
     max_norm = 1e-3
-    cfg = make_cfg(RETINANET, ["SOLVER.FULL_MODEL_CLIP_GRAD_NORM", str(max_norm)])
+    # The base configs: Detectron2's key, CLIP_TYPE "full_model" at 0.1 (the reference recipe).
+    recipe = make_cfg(RETINANET).SOLVER.CLIP_GRADIENTS
+    assert (recipe.ENABLED, recipe.CLIP_TYPE, recipe.CLIP_VALUE) == (True, "full_model", 0.1)
+    cfg = make_cfg(RETINANET, ["SOLVER.CLIP_GRADIENTS.CLIP_VALUE", str(max_norm)])
     model = ToyCLIPDetector()
     optimizer = build_optimizer(cfg, model)
     x = torch.randn(2, 3, 8, 8)
@@ -298,15 +305,29 @@ def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
     for g0, p in zip(before, params):
         torch.testing.assert_close(p.grad, g0 * scale)
 
-    # Detectron2's per-parameter clipping still composes with it.
-    cfg = make_cfg(RETINANET, ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.FULL_MODEL_CLIP_GRAD_NORM", "0.0"])
+    # Detectron2's per-parameter clipping ("value", "norm") is still Detectron2's; disabled is none.
+    cfg = make_cfg(RETINANET, ["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"])
     optimizer = build_optimizer(cfg, ToyCLIPDetector())
     assert "WithGradientClip" in type(optimizer).__name__ and "FullModel" not in type(optimizer).__name__
+    cfg = make_cfg(RETINANET, ["SOLVER.CLIP_GRADIENTS.ENABLED", "False"])
+    assert type(build_optimizer(cfg, ToyCLIPDetector())) is torch.optim.AdamW
+
+
+def test_removed_full_model_clip_key_names_its_replacement(tmp_path):
+    """Configs written for SOLVER.FULL_MODEL_CLIP_GRAD_NORM get an error that names the new keys."""
+    old = tmp_path / "old.yaml"
+    old.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nSOLVER:\n  FULL_MODEL_CLIP_GRAD_NORM: 0.1\n')
+    hint = r"SOLVER\.FULL_MODEL_CLIP_GRAD_NORM.*SOLVER\.CLIP_GRADIENTS\.ENABLED True.*CLIP_TYPE \"full_model\".*CLIP_VALUE"
+    with pytest.raises(ConfigError, match=rf"old\.yaml.*{hint}"):
+        build_config(str(old))
+    with pytest.raises(ConfigError, match=rf"override.*{hint}"):
+        build_config(str(REPO_ROOT / "configs" / RETINANET), ["SOLVER.FULL_MODEL_CLIP_GRAD_NORM", "0.1"])
 
 
 def test_step_fractions_set_scheduler_milestones(make_cfg):
-    cfg = make_cfg(RETINANET, ["SOLVER.MAX_ITER", "1200", "SOLVER.WARMUP_ITERS", "0",
-                               "SOLVER.STEP_FRACTIONS", "[0.6666666667, 0.9166666667]"])
+    cfg = make_cfg(RETINANET, ["SOLVER.MAX_ITER", "1200", "SOLVER.WARMUP_ITERS", "0"])
+    # build_config writes the base config's fractions into SOLVER.STEPS: one schedule in the config.
+    assert cfg.SOLVER.STEPS == (800, 1100) and list(cfg.SOLVER.STEP_FRACTIONS) == []
     assert resolve_step_fractions(cfg).SOLVER.STEPS == (800, 1100)
     model = nn.Linear(2, 2)
     optimizer = build_optimizer(cfg, model)
@@ -326,6 +347,54 @@ def test_step_fractions_set_scheduler_milestones(make_cfg):
     # No fractions: SOLVER.STEPS as given.
     plain = make_cfg(RETINANET, ["SOLVER.STEP_FRACTIONS", "[]", "SOLVER.STEPS", "(5, 7)"])
     assert resolve_step_fractions(plain).SOLVER.STEPS == (5, 7)
+    # Fractions given on a config that has none (Detectron2's stock config): they win over its STEPS.
+    stock = make_cfg("COCO/mask_rcnn_R50_FPN_1x_detectron2.yaml", ["SOLVER.STEP_FRACTIONS", "[0.5]", "SOLVER.MAX_ITER", "10"])
+    assert stock.SOLVER.STEPS == (5,)
+
+
+def test_explicit_steps_win_over_step_fractions(make_cfg, tmp_path):
+    """SOLVER.STEPS given by the user replace the base config's SOLVER.STEP_FRACTIONS (they were
+    silently replaced by them); both in one place is an error naming both keys."""
+    cfg = make_cfg(RETINANET, ["SOLVER.MAX_ITER", "100", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(50, 90)"])
+    assert cfg.SOLVER.STEPS == (50, 90) and list(cfg.SOLVER.STEP_FRACTIONS) == []
+    optimizer = build_optimizer(cfg, nn.Linear(2, 2))
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [i for i in range(1, 100) if lrs[i] < lrs[i - 1] * 0.5] == [50, 90]
+    leaf = tmp_path / "steps.yaml"
+    leaf.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nSOLVER:\n  MAX_ITER: 100\n  STEPS: (60,)\n')
+    cfg = build_config(str(leaf), ["MODEL.DEVICE", "cpu"])
+    assert cfg.SOLVER.STEPS == (60,) and list(cfg.SOLVER.STEP_FRACTIONS) == []
+    # The later place wins: fractions given as overrides over a file's STEPS.
+    cfg = build_config(str(leaf), ["MODEL.DEVICE", "cpu", "SOLVER.STEP_FRACTIONS", "[0.5]"])
+    assert cfg.SOLVER.STEPS == (50,)
+    both = ["SOLVER.STEPS", "(5, 7)", "SOLVER.STEP_FRACTIONS", "[0.5]"]
+    with pytest.raises(ConfigError, match=r"SOLVER\.STEPS \(5, 7\) and SOLVER\.STEP_FRACTIONS \[0\.5\] are both set"):
+        make_cfg(RETINANET, both)
+    both_in_file = tmp_path / "both.yaml"
+    both_in_file.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nSOLVER:\n  STEPS: (5, 7)\n  STEP_FRACTIONS: [0.5]\n')
+    with pytest.raises(ConfigError, match=r"SOLVER\.STEPS.*SOLVER\.STEP_FRACTIONS.*both set in the config file"):
+        build_config(str(both_in_file))
+    # A dumped config (what OUTPUT_DIR/config.yaml holds) builds the same schedule again.
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(make_cfg(RETINANET, ["SOLVER.MAX_ITER", "1200"]).dump())
+    assert build_config(str(dumped), ["MODEL.DEVICE", "cpu"]).SOLVER.STEPS == (800, 1100)
+
+
+def test_keys_the_clip_models_ignore_are_rejected(make_cfg):
+    with pytest.raises(ConfigError, match=r"MODEL\.BACKBONE\.FREEZE_AT \(0\).*use MODEL\.CLIP\.FREEZE_AT"):
+        make_cfg(RETINANET, ["MODEL.BACKBONE.FREEZE_AT", "0"])
+    with pytest.raises(ConfigError, match=r"MODEL\.BACKBONE\.FREEZE_AT \(2\).*use MODEL\.CLIP\.FREEZE_AT"):
+        make_cfg("Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml", ["MODEL.BACKBONE.FREEZE_AT", "2"])
+    assert make_cfg(RETINANET, ["MODEL.CLIP.FREEZE_AT", "2"]).MODEL.CLIP.FREEZE_AT == 2
+    # Detectron2's own ResNet reads it.
+    assert make_cfg("COCO/mask_rcnn_R50_FPN_1x_detectron2.yaml", ["MODEL.BACKBONE.FREEZE_AT", "3"]).MODEL.BACKBONE.FREEZE_AT == 3
+    with pytest.raises(ConfigError, match=r"TEST\.AUG\.ENABLED True: test-time augmentation is not supported"):
+        make_cfg(MASK_RCNN, ["TEST.AUG.ENABLED", "True"])
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -451,6 +520,25 @@ def test_config_errors_name_the_key_and_file(tmp_path):
     assert args.dataset == ["a=x.json:img", "b=y.json:img"] and args.opts == ["SOLVER.MAX_ITER", "3"]
 
 
+def test_unregistered_dataset_names_are_reported_before_training(tiny_data, tmp_path):
+    """A typo in DATASETS.TEST surfaced after the whole schedule; in DATASETS.TRAIN of a DenseCLIP
+    model, as "Cannot determine the class names". Both are reported by setup, with similar names."""
+    parser = default_argument_parser()
+    base = ["--config-file", str(REPO_ROOT / "configs" / RETINANET), "MODEL.CLIP.PRETRAINED", "", *TINY_OPTS,
+            "OUTPUT_DIR", str(tmp_path)]
+    with pytest.raises(ConfigError, match=r"DATASETS\.TEST: dataset 'engine_tiny_vla' is not registered "
+                                          r"\(registered names like it: 'engine_tiny_val'"):
+        setup(parser.parse_args([*base, "DATASETS.TRAIN", "('engine_tiny_train',)", "DATASETS.TEST", "('engine_tiny_vla',)"]))
+    synthetic = ["--config-file", str(REPO_ROOT / "configs" / "Synthetic" / "mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml"),
+                 "OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", "('synthetic_shape_train',)"]
+    with pytest.raises(ConfigError, match=r"DATASETS\.TRAIN: dataset 'synthetic_shape_train' is not registered "
+                                          r"\(registered names like it: 'synthetic_shapes_train'.*--dataset NAME=JSON:IMAGE_ROOT"):
+        setup(parser.parse_args(synthetic))
+    with pytest.raises(ConfigError, match=r"'xyzzy' is not registered \(no registered name is close to it; \d+ are registered"):
+        setup(parser.parse_args([*base, "DATASETS.TRAIN", "('xyzzy',)"]))
+    assert not (tmp_path / "log.txt").exists()  # before anything else
+
+
 # ------------------------------------------------------------------------------- trainer pieces
 class NaNModel(nn.Module):
     def __init__(self) -> None:
@@ -508,12 +596,35 @@ def test_grad_scaler_overflow_is_logged(caplog):
     assert storage.history("amp/skipped_steps").latest() == 1
 
 
-def test_coco_evaluator_without_cpp_extension(make_cfg, tiny_data, tmp_path):
+def test_coco_evaluator_uses_the_installed_detectron2(make_cfg, tiny_data, tmp_path):
+    """Whichever Detectron2 is installed (v0.6 without C++ ops, or an upstream build with them),
+    the evaluator asks for the fast COCOeval exactly when it exists."""
     cfg = make_cfg(MASK_RCNN, TINY_OPTS)
     evaluator = build_coco_evaluator(cfg, "engine_tiny_val", str(tmp_path))
     assert evaluator._tasks == ("bbox", "segm")
     assert evaluator._use_fast_impl == fast_coco_eval_available()
-    assert not fast_coco_eval_available()  # this environment's Detectron2 has no C++ ops
+    try:
+        from detectron2 import _C
+    except ImportError:
+        _C = None
+    assert fast_coco_eval_available() == hasattr(_C, "COCOevalAccumulate")
+
+
+def test_readme_names_where_predictions_are_written(make_cfg, tiny_data, tmp_path):
+    """The README said OUTPUT_DIR/inference/coco_instances_results.json; it is one folder per dataset."""
+    cfg = make_cfg(MASK_RCNN, [*TINY_OPTS, "OUTPUT_DIR", str(tmp_path)])
+    evaluator = build_coco_evaluator(cfg, "engine_tiny_val")
+    assert evaluator._output_dir == str(tmp_path / "inference" / "engine_tiny_val")
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "`OUTPUT_DIR/inference/<dataset>/coco_instances_results.json`" in readme
+    assert "`OUTPUT_DIR/inference/coco_instances_results.json`" not in readme
+
+
+def test_coco_evaluator_without_cpp_extension(make_cfg, tiny_data, tmp_path):
+    if fast_coco_eval_available():
+        pytest.skip("this Detectron2 has its C++ ops (COCOeval_opt); the fallback is for the C++-less build")
+    evaluator = build_coco_evaluator(make_cfg(MASK_RCNN, TINY_OPTS), "engine_tiny_val", str(tmp_path))
+    assert evaluator._use_fast_impl is False
 
 
 # ------------------------------------------------------------------------------- train_net.py
@@ -537,6 +648,32 @@ def test_train_net_end_to_end(first_run):
     predictions = json.loads((first_run / "inference" / "engine_tiny_val" / "coco_instances_results.json").read_text())
     assert predictions and {"image_id", "category_id", "bbox", "score"} <= set(predictions[0])
     assert any("bbox/AP" in m for m in read_metrics(first_run))
+
+
+def test_dataset_registration_reaches_log_txt(first_run, tiny_data):
+    """build_config registers the --dataset specs before logging is set up: its messages are held
+    back and written to log.txt (they were lost)."""
+    log = (first_run / "log.txt").read_text()
+    assert f"Registered dataset 'engine_tiny_train': {tiny_data['json']}" in log
+    assert "Registered dataset 'engine_tiny_val'" in log
+    assert "CUDA is not available: MODEL.DEVICE cuda -> cpu" in log
+    assert "SOLVER.STEPS (3,) = SOLVER.STEP_FRACTIONS" in log
+
+
+def test_logged_lr_is_the_base_lr(first_run, make_cfg):
+    """``lr`` in metrics.json is SOLVER.BASE_LR times the schedule (Detectron2 logged the image
+    encoder's group, x0.1); the other roles are logged under their own names."""
+    base_lr = make_cfg(RETINANET).SOLVER.BASE_LR
+    metrics = {m["iteration"]: m for m in training_metrics(first_run)}
+    # Warm-up over iterations 0-1 (factor 0.001 -> 1), then BASE_LR until the step at iteration 3.
+    assert metrics[0]["lr"] == pytest.approx(base_lr * 0.001)
+    assert metrics[2]["lr"] == pytest.approx(base_lr)
+    assert metrics[3]["lr"] == pytest.approx(base_lr * 0.1)
+    for m in metrics.values():
+        assert m["lr/image_encoder"] == pytest.approx(0.1 * m["lr"])  # SOLVER.BACKBONE_MULTIPLIER
+    # The scheduler's state stays under Detectron2's hook name in checkpoints (--resume).
+    trainer_state = torch.load(first_run / "model_0000001.pth", weights_only=True)["trainer"]
+    assert "LRScheduler" in trainer_state["hooks"]
 
 
 def test_own_checkpoints_load_with_weights_only(first_run, monkeypatch, make_cfg):
@@ -602,8 +739,35 @@ def test_eval_only_loads_weights(first_run, tiny_data, tmp_path):
     assert (tmp_path / "inference" / "engine_tiny_val" / "coco_instances_results.json").is_file()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_num_gpus_without_cuda_stops_unless_cpu_processes_are_asked_for(tiny_data, tmp_path):
+    """--num-gpus 8 without a GPU used to start 8 CPU processes silently."""
+    def main() -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(LaunchError, match=r"--num-gpus 8: no CUDA GPU is available.*--cpu-processes"):
+        launch(main, 8)
+    parser = default_argument_parser()
+    config = ["--config-file", str(REPO_ROOT / "configs" / RETINANET)]
+    assert not cpu_processes_requested(parser.parse_args([*config, "--num-gpus", "2"]))
+    assert cpu_processes_requested(parser.parse_args([*config, "--num-gpus", "2", "--cpu-processes"]))
+    assert cpu_processes_requested(parser.parse_args([*config, "--num-gpus", "2", "MODEL.DEVICE", "cpu"]))
+    cpu_config = tmp_path / "cpu.yaml"
+    cpu_config.write_text(f'_BASE_: "{REPO_ROOT / "configs" / RETINANET}"\nMODEL:\n  DEVICE: "cpu"\n')
+    assert cpu_processes_requested(parser.parse_args(["--config-file", str(cpu_config), "--num-gpus", "2"]))
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_net.py"), "--num-gpus", "8",
+         *train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "1")],
+        capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT), env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode != 0
+    assert "train_net.py: error: --num-gpus 8: no CUDA GPU is available" in proc.stderr
+    assert not (tmp_path / "log.txt").exists()  # stopped before any process started
+
+
 def test_two_cpu_processes_with_gloo(tiny_data, tmp_path):
-    run_train_net(["--num-gpus", "2", *train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "2",
+    run_train_net(["--num-gpus", "2", "--cpu-processes", *train_args(tiny_data, tmp_path, "SOLVER.MAX_ITER", "2",
                                                   "SOLVER.CHECKPOINT_PERIOD", "100", "DATASETS.TEST", "()")])
     for log_file, rank in (("log.txt", 0), ("log.txt.rank1", 1)):
         log = (tmp_path / log_file).read_text()

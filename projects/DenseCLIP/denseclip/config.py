@@ -99,11 +99,12 @@ def add_denseclip_config(cfg: CN) -> None:
     # Learning-rate multipliers of the CLIP image encoder and of the text encoder (0 = frozen).
     _C.SOLVER.BACKBONE_MULTIPLIER = 0.1
     _C.SOLVER.TEXT_ENCODER_MULTIPLIER = 0.0
-    # Clip the L2 norm of all gradients together (the reference clips the whole model at 0.1);
-    # <= 0 disables it. Detectron2's per-parameter SOLVER.CLIP_GRADIENTS remains available.
-    _C.SOLVER.FULL_MODEL_CLIP_GRAD_NORM = 0.1
-    # Steps expressed as fractions of MAX_ITER (8/12 and 11/12 for the 1x schedule); overrides
-    # SOLVER.STEPS when not empty.
+    # Gradient clipping: Detectron2's SOLVER.CLIP_GRADIENTS, with one more CLIP_TYPE, "full_model"
+    # (as in Detic and Mask2Former): the norm of all gradients together is clipped to CLIP_VALUE.
+    # The base configs set the reference's recipe (ENABLED True, "full_model", 0.1).
+    # Steps expressed as fractions of MAX_ITER (8/12 and 11/12 for the 1x schedule), what the configs
+    # of this project use. build_config writes them into SOLVER.STEPS; SOLVER.STEPS set after them
+    # (in the config file over its _BASE_, or as an override) replace them; both in one place is an error.
     _C.SOLVER.STEP_FRACTIONS = []
     # Iterations between metric writes (console, metrics.json, TensorBoard); Detectron2 uses 20.
     _C.SOLVER.LOG_PERIOD = 20

@@ -462,6 +462,13 @@ def register_synthetic_from_config(cfg) -> List[str]:
     value and $DENSECLIP_SYNTHETIC_ROOT is set, the environment variable wins, so that one
     variable moves the dataset for the import-time registration and for every config alike.
     """
+    from detectron2.data import MetadataCatalog
+
     c = cfg.DATASETS.SYNTHETIC
     root = None if os.path.normpath(c.ROOT) == DEFAULT_SYNTHETIC_ROOT else c.ROOT
-    return register_synthetic_dataset(root, c.NUM_TRAIN, c.NUM_VAL, c.IMAGE_SIZE, c.SEED)
+    names = register_synthetic_dataset(root, c.NUM_TRAIN, c.NUM_VAL, c.IMAGE_SIZE, c.SEED)
+    for name in names:
+        if name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            params = MetadataCatalog.get(name).synthetic_params
+            logger.info(f"Registered dataset {name!r}: synthetic shapes in {params['root']} (generated on first use)")
+    return names

@@ -1,8 +1,8 @@
 """Training engine: config building, recipe optimizer/schedule, crash-safe checkpoints,
 CPU-capable launcher, the ``Trainer`` and the ``setup`` used by ``train_net.py``."""
 from .checkpoint import AtomicDetectionCheckpointer, IncompatibleCheckpointError, atomic_write
-from .config import ConfigError, build_config, merge_config_file, merge_overrides
-from .launch import launch
+from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+from .launch import LaunchError, launch
 from .optimizer import (
     NO_DECAY_NAME_KEYS,
     add_full_model_gradient_clipping,
@@ -12,13 +12,15 @@ from .optimizer import (
     model_parameter_groups,
     resolve_step_fractions,
 )
-from .trainer import GradScalerOverflowLogger, Trainer, default_argument_parser, setup
+from .trainer import GradScalerOverflowLogger, LRScheduler, Trainer, cpu_processes_requested, default_argument_parser, setup
 
 __all__ = [
     "AtomicDetectionCheckpointer",
     "ConfigError",
     "GradScalerOverflowLogger",
     "IncompatibleCheckpointError",
+    "LRScheduler",
+    "LaunchError",
     "NO_DECAY_NAME_KEYS",
     "Trainer",
     "add_full_model_gradient_clipping",
@@ -26,6 +28,8 @@ __all__ = [
     "build_config",
     "build_lr_scheduler",
     "build_optimizer",
+    "check_dataset_names",
+    "cpu_processes_requested",
     "default_argument_parser",
     "get_denseclip_param_groups",
     "launch",

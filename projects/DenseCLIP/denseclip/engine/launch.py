@@ -1,10 +1,11 @@
 """Multi-process launcher that also works without GPUs.
 
-Detectron2 v0.6's ``launch`` asserts CUDA and always uses NCCL, so
-``--num-gpus 2`` cannot run on a CPU machine. On CUDA machines we defer to it unchanged; on CPU we
-spawn the processes ourselves with a GLOO process group and set up Detectron2's per-machine
-("local") process group the way ``detectron2.utils.comm`` expects, so that ``comm.get_local_rank``
-and friends, DDP and distributed evaluation behave as in GPU training.
+Detectron2 v0.6's ``launch`` asserts CUDA and always uses NCCL, so ``--num-gpus 2`` cannot run on a
+CPU machine. On CUDA machines we defer to it unchanged; when CPU processes are asked for
+(``--cpu-processes`` or MODEL.DEVICE cpu) we spawn the processes ourselves with a GLOO process group
+and set up Detectron2's per-machine ("local") process group the way ``detectron2.utils.comm``
+expects, so that ``comm.get_local_rank`` and friends, DDP and distributed evaluation behave as in
+GPU training.
 """
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ from detectron2.engine import launch as d2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
 
-__all__ = ["launch", "DEFAULT_TIMEOUT"]
+__all__ = ["launch", "LaunchError", "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    """A launch that cannot do what was asked (e.g. GPU processes on a machine without CUDA)."""
 
 
 def launch(
@@ -33,20 +38,30 @@ def launch(
     dist_url: Optional[str] = None,
     args: Sequence[Any] = (),
     timeout: timedelta = DEFAULT_TIMEOUT,
+    cpu_processes: bool = False,
 ) -> None:
     """Run ``main_func(*args)`` in ``num_gpus_per_machine`` processes on each of ``num_machines``.
 
-    Same contract as ``detectron2.engine.launch``: with CUDA it *is* that function (NCCL); without
-    CUDA, each process joins a GLOO group (``dist_url`` "auto" picks a free localhost port on a
-    single machine). A world of one process runs ``main_func`` in the calling process.
+    Same contract as ``detectron2.engine.launch``: with CUDA it *is* that function (NCCL). CPU
+    processes joining a GLOO group (``dist_url`` "auto" picks a free localhost port on a single
+    machine) only when ``cpu_processes`` asks for them (``--cpu-processes``, MODEL.DEVICE cpu):
+    several processes without CUDA otherwise raise :class:`LaunchError`, since ``--num-gpus 8`` on
+    a machine without a GPU is a mistake, not a request for 8 CPU processes. A world of one process
+    runs ``main_func`` in the calling process.
     """
-    if torch.cuda.is_available():
+    world_size = num_machines * num_gpus_per_machine
+    if torch.cuda.is_available() and not cpu_processes:
         d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args=tuple(args), timeout=timeout)
         return
-    world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         main_func(*args)
         return
+    if not cpu_processes:
+        raise LaunchError(
+            f"--num-gpus {num_gpus_per_machine}: no CUDA GPU is available on this machine. To train with "
+            f"{num_gpus_per_machine} CPU processes (gloo) instead, add --cpu-processes (or MODEL.DEVICE cpu); "
+            "otherwise use --num-gpus 1 or check the CUDA installation (torch.cuda.is_available() is False)"
+        )
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url 'auto' (or none) only works on a single machine; pass tcp://HOST:PORT")

@@ -122,15 +122,15 @@ def get_denseclip_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dic
 
 
 def add_full_model_gradient_clipping(
-    optimizer_type: Type[torch.optim.Optimizer], max_norm: float
+    optimizer_type: Type[torch.optim.Optimizer], max_norm: float, norm_type: float = 2.0
 ) -> Type[torch.optim.Optimizer]:
-    """A subclass of ``optimizer_type`` whose ``step`` first clips the L2 norm of the gradients of
-    all its parameters *together* to ``max_norm`` (the reference's ``grad_clip``); Detectron2's
-    SOLVER.CLIP_GRADIENTS clips each parameter separately, which changes the update direction."""
+    """A subclass of ``optimizer_type`` whose ``step`` first clips the norm of the gradients of all
+    its parameters *together* to ``max_norm`` (the reference's ``grad_clip``); Detectron2's
+    CLIP_TYPE "norm" clips each parameter separately, which changes the update direction."""
 
     def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
         params: Iterable[torch.Tensor] = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
         return optimizer_type.step(self, closure)
 
     return type(optimizer_type.__name__ + "WithFullModelGradClip", (optimizer_type,), {"step": step})
@@ -138,8 +138,9 @@ def add_full_model_gradient_clipping(
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SOLVER.OPTIMIZER "AdamW" (reference) or "SGD" over :func:`get_denseclip_param_groups`, with
-    full-model clipping (SOLVER.FULL_MODEL_CLIP_GRAD_NORM > 0) and/or Detectron2's per-parameter
-    clipping (SOLVER.CLIP_GRADIENTS)."""
+    Detectron2's SOLVER.CLIP_GRADIENTS: CLIP_TYPE "full_model" (as in Detic and Mask2Former; the
+    recipe: the norm of all gradients together clipped to CLIP_VALUE, of type NORM_TYPE), or
+    Detectron2's per-parameter "value" / "norm"."""
     params = get_denseclip_param_groups(cfg, model)
     name = cfg.SOLVER.OPTIMIZER
     kwargs: Dict[str, Any]
@@ -151,9 +152,12 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER: expected 'AdamW' or 'SGD', got '{name}'")
-    if cfg.SOLVER.FULL_MODEL_CLIP_GRAD_NORM > 0:
-        optimizer_type = add_full_model_gradient_clipping(optimizer_type, cfg.SOLVER.FULL_MODEL_CLIP_GRAD_NORM)
-    optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        # Detectron2 v0.6's maybe_add_gradient_clipping knows only "value" and "norm".
+        optimizer_type = add_full_model_gradient_clipping(optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE)
+    else:
+        optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
     return optimizer_type(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
 
 

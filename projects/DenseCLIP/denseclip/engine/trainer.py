@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import weakref
+from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
@@ -21,15 +22,18 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..config import add_denseclip_config
 from ..data import RobustDatasetMapper
 from ..evaluation import build_coco_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import build_config
-from .optimizer import build_lr_scheduler, build_optimizer
+from .config import build_config, merge_config_file, merge_overrides
+from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 
 __all__ = [
     "GradScalerOverflowLogger",
+    "LRScheduler",
     "Trainer",
+    "cpu_processes_requested",
     "default_argument_parser",
     "setup",
 ]
@@ -63,6 +67,33 @@ class GradScalerOverflowLogger(HookBase):
         self._scale = scale
         self.trainer.storage.put_scalar("amp/loss_scale", scale, smoothing_hint=False)
         self.trainer.storage.put_scalar("amp/skipped_steps", self.skipped, smoothing_hint=False)
+
+
+class LRScheduler(hooks.LRScheduler):
+    """Detectron2's hook (same name, so checkpoints keep its state under "LRScheduler"), logging the
+    learning rate by parameter role: ``lr`` is the base learning rate (SOLVER.BASE_LR times the
+    schedule, the group of the "rest" of the model), ``lr/image_encoder`` (x SOLVER.BACKBONE_MULTIPLIER),
+    ``lr/text_tower``, ``lr/text_prompt`` the others. Detectron2 logs as ``lr`` the group with the
+    most tensors, here the image encoder's, which showed BASE_LR 2e-4 as 2e-05."""
+
+    def before_train(self) -> None:
+        super().before_train()
+        role_of = {id(p): role for role, params in model_parameter_groups(self.trainer.model).items() for _, p in params}
+        groups_of_role: Dict[str, Counter] = {}
+        for i, group in enumerate(self._optimizer.param_groups):
+            for param in group["params"]:
+                groups_of_role.setdefault(role_of.get(id(param), "rest"), Counter())[i] += 1
+        # For each role, the group holding most of its tensors (biases may have their own factor).
+        self._logged_groups = {
+            ("lr" if role == "rest" else f"lr/{role}"): counts.most_common(1)[0][0]
+            for role, counts in groups_of_role.items()
+        }
+        self._logged_groups.setdefault("lr", self._best_param_group_id)
+
+    def after_step(self) -> None:
+        for name, i in self._logged_groups.items():
+            self.trainer.storage.put_scalar(name, self._optimizer.param_groups[i]["lr"], smoothing_hint=False)
+        self.scheduler.step()
 
 
 class Trainer(DefaultTrainer):
@@ -142,10 +173,13 @@ class Trainer(DefaultTrainer):
         )
 
     def build_hooks(self) -> List[HookBase]:
-        """Detectron2's hooks, writers every SOLVER.LOG_PERIOD iterations, and the AMP overflow log."""
+        """Detectron2's hooks, the lr logged by role (:class:`LRScheduler`), writers every
+        SOLVER.LOG_PERIOD iterations, and the AMP overflow log."""
         ret = super().build_hooks()
         for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicWriter):
+            if type(hook) is hooks.LRScheduler:
+                ret[i] = LRScheduler(hook._optimizer, hook._scheduler)
+            elif isinstance(hook, hooks.PeriodicWriter):
                 # Same writers (already opened by DefaultTrainer), another period.
                 ret[i] = hooks.PeriodicWriter(hook._writers, period=self.cfg.SOLVER.LOG_PERIOD)
         grad_scaler = getattr(self._trainer, "grad_scaler", None)
@@ -188,7 +222,61 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         metavar="NAME=JSON:IMAGE_ROOT",
         help="register a COCO-format dataset under NAME (repeatable); use it in DATASETS.TRAIN/TEST",
     )
+    parser.add_argument(
+        "--cpu-processes",
+        action="store_true",
+        help="without GPUs, run --num-gpus N as N CPU processes (gloo); also implied by MODEL.DEVICE cpu",
+    )
     return parser
+
+
+def cpu_processes_requested(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for CPU processes: ``--cpu-processes``, or MODEL.DEVICE "cpu"
+    in the config file or the overrides (read without registering datasets)."""
+    if getattr(args, "cpu_processes", False):
+        return True
+    cfg = get_cfg()
+    add_denseclip_config(cfg)
+    if args.config_file:
+        merge_config_file(cfg, args.config_file)
+    merge_overrides(cfg, args.opts or [])
+    return cfg.MODEL.DEVICE == "cpu"
+
+
+class _HeldLogRecords(logging.Handler):
+    """Collect the INFO+ records of a logger (and its children) inside a ``with`` block, to
+    :meth:`replay` them once the logger has its handlers. Should the block raise, the warnings
+    among them are emitted at once (Python's last-resort handler prints them on stderr)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.INFO)
+        self._logger = logging.getLogger(name)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "_HeldLogRecords":
+        self._level = self._logger.level
+        self._holding = not self._logger.handlers  # else logging is already set up: nothing to hold
+        if self._holding:
+            if not self._logger.isEnabledFor(logging.INFO):
+                self._logger.setLevel(logging.INFO)
+            self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self._holding:
+            self._logger.removeHandler(self)
+            self._logger.setLevel(self._level)
+        if exc_type is not None:
+            self.replay()
+
+    def replay(self) -> None:
+        for record in self.records:
+            if self._logger.isEnabledFor(record.levelno):
+                self._logger.handle(record)
+        self.records = []
 
 
 def _make_deterministic(cfg: CfgNode) -> None:
@@ -206,11 +294,20 @@ def setup(args: argparse.Namespace) -> CfgNode:
     """Frozen config for ``args`` (:func:`build_config`: config file, KEY VALUE overrides, datasets
     of ``--dataset`` and DATASETS.REGISTER, vocabulary), logging/output dir/seeding by
     ``default_setup``, plus the "denseclip" logger."""
-    cfg = build_config(args.config_file, args.opts or [], dataset_specs=list(getattr(args, "dataset", None) or []))
+    # Messages of build_config (dataset registration, device fallback, vocabulary, lr steps) come
+    # before logging is set up: held back, then written to the console and log.txt.
+    with _HeldLogRecords("denseclip") as held:
+        cfg = build_config(
+            args.config_file,
+            args.opts or [],
+            dataset_specs=list(getattr(args, "dataset", None) or []),
+            check_datasets=True,
+        )
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
+    held.replay()
     if cfg.SEED >= 0:
         _make_deterministic(cfg)
     return cfg
