@@ -77,7 +77,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--vocabulary", type=_vocabulary_arg, default=None,
         help='comma-separated class names to detect, e.g. "cat,remote control,sofa", or exactly the name of a preset '
         f"({presets}). A preset is chosen only by its exact name: a trailing comma (\"coco,\") makes a one-class "
-        "list. Needs a language-guided config (default: the model's training vocabulary)",
+        "list. Needs a language-guided config. Without it: the model's training vocabulary",
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of a drawn detection (ROI heads and RetinaNet); --opts win over it")
