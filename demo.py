@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""DenseCLIP demo (Detectron2's demo/demo.py for this project): draw the detections of images, with
-an optional open vocabulary and the pixel-text score maps.
+"""DenseCLIP demo (Detectron2's demo/demo.py for this project): draw the detections of images, a
+video or the webcam, with an optional open vocabulary (names or a preset such as "coco") and, for
+images, the pixel-text score maps.
 
-    python demo.py --config-file configs/COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml \
+    python demo.py --config-file configs/COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml \
         --input a.jpg photos/ "more/*.jpg" --output out/ \
         --vocabulary "cat,remote control,sofa" --score-maps --opts MODEL.WEIGHTS model_final.pth
+    python demo.py --config-file CFG --video-input clip.mp4 --output clip_detections.mp4 --vocabulary coco
+    python demo.py --config-file CFG --webcam           # shown in a window; ESC quits
 
-Writes out/<stem>.jpg per image and, with --score-maps, out/<stem>_scoremap_<class>.jpg. The logic
-lives in denseclip.predictor (DenseCLIPPredictor, run_demo).
+Writes out/<stem>.jpg per image (--output x.jpg with one image: that file) and, with --score-maps,
+out/<stem>_scoremap_<class>.jpg; without --output the results are shown in a window. The command
+line is denseclip.demo_cli, the predictor denseclip.predictor, the drawing denseclip.visualization.
 """
 import sys
 
@@ -15,7 +19,7 @@ import sys
 def main(argv=None) -> int:
     from detectron2.utils.logger import setup_logger
 
-    from denseclip.predictor import get_parser, run_demo
+    from denseclip.demo_cli import DemoError, get_parser, run_demo
 
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
@@ -23,7 +27,7 @@ def main(argv=None) -> int:
     setup_logger(name="denseclip", abbrev_name="denseclip")
     try:
         return run_demo(args).exit_code
-    except (ValueError, FileNotFoundError) as e:  # bad config, vocabulary or weights: no traceback
+    except (DemoError, ValueError, FileNotFoundError) as e:  # bad config, --opts, vocabulary, weights, input: no traceback
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,5 +1,6 @@
-"""The demo: DenseCLIPPredictor (vocabulary, score maps) and demo.py / run_demo on real COCO photos
-with the tiny random-weight CLIP."""
+"""The demo: DenseCLIPPredictor (vocabulary, presets, score maps), the drawing, and demo.py / its
+command line (denseclip.demo_cli: images, video, webcam, window) on real COCO photos and a generated
+video, with the tiny random-weight CLIP."""
 import logging
 import os
 import subprocess
@@ -24,10 +25,15 @@ FAST_OPTS = [
 
 
 def demo_args(config_file, inputs, output, *extra, opts=()):
-    from denseclip.predictor import get_parser
+    """Parsed demo arguments for image ``inputs`` (``inputs=None``: none, give --video-input or
+    --webcam in ``extra``) and ``output`` (None: no --output)."""
+    from denseclip.demo_cli import get_parser
 
-    argv = ["--config-file", str(REPO_ROOT / "configs" / config_file), "--input", *map(str, inputs),
-            "--output", str(output), "--confidence-threshold", "0.0", "--cpu", *extra]
+    argv = ["--config-file", str(REPO_ROOT / "configs" / config_file), "--confidence-threshold", "0.0", "--cpu", *map(str, extra)]
+    if inputs is not None:
+        argv += ["--input", *map(str, inputs)]
+    if output is not None:
+        argv += ["--output", str(output)]
     return get_parser().parse_args(argv + ["--opts", *FAST_OPTS, *opts])
 
 
@@ -49,7 +55,8 @@ def photos(tiny_coco_root):
 
 @pytest.fixture
 def demo_log():
-    """Records of the demo's logger (own handler: independent of how other tests set up logging)."""
+    """Records of the demo's loggers (denseclip.demo_cli, denseclip.predictor; own handler:
+    independent of how other tests set up logging)."""
     records = []
 
     class ListHandler(logging.Handler):
@@ -57,7 +64,7 @@ def demo_log():
             records.append(record)
 
     handler = ListHandler(level=logging.DEBUG)
-    log = logging.getLogger("denseclip.predictor")
+    log = logging.getLogger("denseclip")
     level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -76,7 +83,7 @@ def image_size(path):
 def test_demo_draws_vocabulary_detections_and_score_maps(config_file, photos, tmp_path, capsys):
     from detectron2.data import MetadataCatalog
 
-    from denseclip.predictor import run_demo
+    from denseclip.demo_cli import run_demo
 
     out = tmp_path / "out"
     # The same photo twice (file + glob) is processed once.
@@ -115,7 +122,7 @@ def test_demo_draws_vocabulary_detections_and_score_maps(config_file, photos, tm
 
 
 def test_unreadable_inputs_are_reported_and_skipped(photos, tmp_path, demo_log, capsys):
-    from denseclip.predictor import run_demo
+    from denseclip.demo_cli import run_demo
 
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
@@ -145,7 +152,8 @@ def test_unreadable_inputs_are_reported_and_skipped(photos, tmp_path, demo_log, 
 
 
 def test_vocabulary_parsing_and_cli_errors(capsys):
-    from denseclip.predictor import get_parser, parse_vocabulary, sanitize_file_name
+    from denseclip.demo_cli import get_parser, sanitize_file_name
+    from denseclip.predictor import parse_vocabulary
 
     assert parse_vocabulary(" cat , remote control,,sofa ") == VOCABULARY_NAMES
     assert parse_vocabulary(None) is None
@@ -162,7 +170,7 @@ def test_vocabulary_parsing_and_cli_errors(capsys):
 
 
 def test_config_from_arguments(tmp_path):
-    from denseclip.predictor import get_parser, setup_cfg
+    from denseclip.demo_cli import get_parser, setup_cfg
 
     config = str(REPO_ROOT / "configs" / MASK_RCNN)
     args = get_parser().parse_args(["--config-file", config, "--input", "a.jpg", "--output", str(tmp_path),
@@ -179,7 +187,7 @@ def test_config_from_arguments(tmp_path):
 
 
 def test_expand_inputs_files_folders_globs(tmp_path):
-    from denseclip.predictor import expand_inputs
+    from denseclip.demo_cli import expand_inputs
 
     (tmp_path / "sub").mkdir()
     for name in ["b.jpg", "a.PNG", "notes.txt", "sub/c.jpg"]:
@@ -288,3 +296,206 @@ def test_predictor_loads_weights_then_swaps_vocabulary(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         DenseCLIPPredictor(load_config(RETINANET, FAST_OPTS + ["MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")]))
+
+
+# ------------------------------------------------------------------------------------ issue 12
+def run_demo_script(argv):
+    """demo.py's main() in this process (faster than a subprocess): its exit code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in argv])
+
+
+def write_video(path, num_frames=4, size=(72, 96), fps=5.0):
+    """A small mp4v video of moving synthetic shapes."""
+    height, width = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True)
+    assert writer.isOpened()
+    for i in range(num_frames):
+        frame = np.full((height, width, 3), 40, np.uint8)
+        cv2.circle(frame, (20 + 8 * i, 30), 12, (0, 0, 255), -1)
+        cv2.rectangle(frame, (50, 10 + 6 * i), (80, 40 + 6 * i), (0, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def video_frames(path):
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def test_modules_own_their_parts():
+    import denseclip.demo_cli as demo_cli
+    import denseclip.predictor as predictor
+    import denseclip.visualization as visualization
+
+    # The predictor module has no command line and no drawing; the CLI is demo_cli's.
+    for name in ("get_parser", "run_demo", "setup_cfg", "expand_inputs", "draw_predictions", "score_map_overlay"):
+        assert not hasattr(predictor, name), name
+    assert "argparse" not in vars(predictor)
+    for name in ("draw_predictions", "score_map_overlay", "VideoDrawer"):
+        assert callable(getattr(visualization, name)), name
+    for name in ("get_parser", "run_demo", "setup_cfg", "expand_inputs", "sanitize_file_name"):
+        assert callable(getattr(demo_cli, name)), name
+
+
+def test_misspelt_override_is_a_clear_error(capsys):
+    from denseclip.engine import ConfigError, build_config
+
+    config = REPO_ROOT / "configs" / RETINANET
+    with pytest.raises(ConfigError) as train_net_error:  # what train_net.py reports (engine.setup)
+        build_config(str(config), ["MODEL.WEIGHT", "x.pth"])
+    code = run_demo_script(["--config-file", config, "--input", "a.jpg", "--output", "o", "--cpu",
+                            "--opts", "MODEL.WEIGHT", "x.pth"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"demo.py: error: {train_net_error.value}" in err
+    assert "Invalid config override(s) ['MODEL.WEIGHT', 'x.pth']: Non-existent key: MODEL.WEIGHT" in err
+    assert "Traceback" not in err
+
+
+def test_output_file_for_one_image(photos, tmp_path):
+    from denseclip.demo_cli import DemoError, run_demo
+
+    target = tmp_path / "drawn" / "x.png"
+    summary = run_demo(demo_args(RETINANET, [photos[0], tmp_path / "missing.jpg"], target, "--vocabulary", VOCABULARY,
+                                 "--score-maps", "--max-score-maps", "1"))
+    assert summary.exit_code == 0 and target.is_file()  # a file, not a folder named x.png
+    assert image_size(target) == image_size(photos[0])
+    maps = sorted(p.name for p in target.parent.iterdir() if p != target)
+    assert len(maps) == 1 and maps[0].startswith("x_scoremap_") and maps[0].endswith(".png")
+    assert sorted(summary.written) == sorted(str(p) for p in target.parent.iterdir())
+
+    # Several images: --output must be a folder; nothing is built or written.
+    with pytest.raises(DemoError, match="names an image file, but there are 2 input images"):
+        run_demo(demo_args(RETINANET, photos[:2], tmp_path / "y.jpg"))
+    assert not (tmp_path / "y.jpg").exists()
+    # A folder name (no image extension) is a folder, even for one image.
+    run_demo(demo_args(RETINANET, photos[:1], tmp_path / "folder"))
+    assert os.listdir(tmp_path / "folder") == [f"{photos[0].stem}.jpg"]
+
+
+def test_vocabulary_presets(capsys):
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    from denseclip.demo_cli import get_parser
+    from denseclip.predictor import VOCABULARY_PRESETS, parse_vocabulary
+
+    coco = parse_vocabulary("coco")
+    assert coco == [c["name"] for c in COCO_CATEGORIES if c["isthing"]] and len(coco) == 80
+    assert coco == MetadataCatalog.get("coco_2017_val").thing_classes
+    assert parse_vocabulary(" voc ") == [
+        "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
+        "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
+    assert parse_vocabulary("cityscapes") == ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+    lvis = parse_vocabulary("lvis")
+    assert len(lvis) == 1203 and lvis[:2] == ["aerosol can", "air conditioner"]
+    # Only the exact preset name selects a preset: a list, or a trailing comma, names the class.
+    assert parse_vocabulary("coco,") == ["coco"] and parse_vocabulary(["coco"]) == ["coco"]
+    assert parse_vocabulary("coco,voc") == ["coco", "voc"]
+
+    args = get_parser().parse_args(["--config-file", "x.yaml", "--input", "a.jpg", "--vocabulary", "cityscapes"])
+    assert args.vocabulary == parse_vocabulary("cityscapes")
+    with pytest.raises(SystemExit):
+        get_parser().parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in VOCABULARY_PRESETS:
+        assert f"{name}:" in help_text
+    assert '"coco,"' in help_text and "--video-input" in help_text and "--webcam" in help_text
+
+
+def test_video_input_writes_a_video_with_every_frame(tmp_path):
+    from denseclip.demo_cli import DemoError, run_demo
+    from denseclip.predictor import parse_vocabulary
+
+    video = write_video(tmp_path / "shapes.mp4", num_frames=4)
+    out = tmp_path / "drawn.mp4"
+    summary = run_demo(demo_args(RETINANET, None, out, "--video-input", video, "--vocabulary", "voc"))
+    assert summary.exit_code == 0 and summary.num_frames == 4 and summary.written == [str(out)]
+    assert summary.predictor.class_names == parse_vocabulary("voc")
+    frames, source = video_frames(out), video_frames(video)
+    assert len(frames) == len(source) == 4 and frames[0].shape == source[0].shape
+    assert np.abs(frames[0].astype(np.int16) - source[0].astype(np.int16)).mean() > 2.0  # detections drawn
+
+    # --output a folder: <folder>/<video stem>.mp4.
+    summary = run_demo(demo_args(RETINANET, None, tmp_path / "videos", "--video-input", video))
+    assert summary.written == [str(tmp_path / "videos" / "shapes.mp4")] and len(video_frames(summary.written[0])) == 4
+
+    with pytest.raises(DemoError, match="no such file"):
+        run_demo(demo_args(RETINANET, None, out, "--video-input", tmp_path / "missing.mp4"))
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(DemoError, match="cannot read it as a video"):
+        run_demo(demo_args(RETINANET, None, out, "--video-input", tmp_path / "notes.mp4"))
+    with pytest.raises(DemoError, match="--score-maps"):
+        run_demo(demo_args(RETINANET, None, out, "--video-input", video, "--score-maps"))
+    with pytest.raises(DemoError, match="names an image file"):
+        run_demo(demo_args(RETINANET, None, tmp_path / "frame.jpg", "--video-input", video))
+
+
+def test_webcam_arguments_and_missing_camera(monkeypatch, tmp_path, capsys):
+    from denseclip.demo_cli import get_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        get_parser().parse_args(["--config-file", "x.yaml", "--webcam", "--input", "a.jpg"])
+    assert exit_info.value.code != 0 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        get_parser().parse_args(["--config-file", "x.yaml", "--output", "o"])  # no source at all
+    assert "one of the arguments --input --video-input --webcam is required" in capsys.readouterr().err
+
+    opened = []
+
+    class NoCamera:
+        def __init__(self, index):
+            opened.append(index)
+
+        def isOpened(self):
+            return False
+
+    monkeypatch.setattr(cv2, "VideoCapture", NoCamera)
+    code = run_demo_script(["--config-file", REPO_ROOT / "configs" / RETINANET, "--webcam", "--output", tmp_path / "w.mp4",
+                            "--cpu", "--opts", *FAST_OPTS])
+    assert code == 2 and opened == [0]
+    assert "demo.py: error: cannot open the webcam (camera 0)" in capsys.readouterr().err
+
+
+def test_without_output_results_are_shown_in_a_window(photos, tmp_path, monkeypatch, capsys):
+    import denseclip.demo_cli as demo_cli
+
+    # This environment's OpenCV is headless: a clear error, before any model is built.
+    assert not demo_cli.opencv_has_gui()
+    code = run_demo_script(["--config-file", REPO_ROOT / "configs" / RETINANET, "--input", photos[0], "--cpu"])
+    assert code == 2
+    assert ("demo.py: error: no --output given and OpenCV has no GUI support (opencv-python-headless): give --output"
+            in capsys.readouterr().err)
+
+    # With a GUI: imshow + waitKey per drawing (predictions, then score maps); ESC quits.
+    shown, keys = [], iter([0, 0, 27])
+    monkeypatch.setattr(demo_cli, "opencv_has_gui", lambda: True)
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append(image.shape))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.chdir(tmp_path)
+    summary = demo_cli.run_demo(demo_args(RETINANET, photos, None, "--vocabulary", VOCABULARY, "--score-maps",
+                                          "--max-score-maps", "1"))
+    assert summary.num_images == 2 and summary.written == [] and os.listdir(tmp_path) == []
+    assert shown == [image_size(photos[0])] * 2 + [image_size(photos[1])]
+
+    # Video frames in the window, waitKey(1) each; ESC after the second frame.
+    video = write_video(tmp_path / "shapes.mp4", num_frames=4)
+    shown.clear()
+    keys = iter([-1, 27])
+    summary = demo_cli.run_demo(demo_args(RETINANET, None, None, "--video-input", video))
+    assert summary.num_frames == 2 and len(shown) == 2 and summary.written == []

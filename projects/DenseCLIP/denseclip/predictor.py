@@ -1,26 +1,19 @@
-"""Inference on single images and the command-line demo (``demo.py`` at the repository root).
+"""Inference on single images with a vocabulary of your choice.
 
 ``DenseCLIPPredictor`` is Detectron2's ``DefaultPredictor`` (model built from the config, weights
 from MODEL.WEIGHTS, resize per INPUT.MIN/MAX_SIZE_TEST, BGR input converted per INPUT.FORMAT) with
 two additions: ``set_vocabulary`` detects classes given by name (language-guided heads), and
 ``score_maps`` returns DenseCLIP's pixel-text score maps as per-class probability maps aligned with
-the original image.
+the original image. ``parse_vocabulary`` reads a vocabulary: comma-separated names or the name of
+a preset (``VOCABULARY_PRESETS``: the class lists of COCO, LVIS, Pascal VOC, Cityscapes).
 
-``run_demo`` draws the predictions of a set of images (files, folders, glob patterns)::
-
-    python demo.py --config-file configs/COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml \
-        --input photos/ --output out/ --vocabulary "cat,remote control,sofa" --score-maps \
-        --opts MODEL.WEIGHTS model_final.pth
+Drawing lives in :mod:`denseclip.visualization`, the command line in :mod:`denseclip.demo_cli`
+(``demo.py`` at the repository root).
 """
 from __future__ import annotations
 
-import argparse
-import glob
 import logging
-import os
-import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,7 +26,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from .engine.checkpoint import AtomicDetectionCheckpointer
-from .engine.config import build_config, resolve_config_vocabulary
+from .engine.config import resolve_config_vocabulary
 from .modeling.vocabulary import resolve_vocabulary
 from .text import validate_vocabulary
 
@@ -41,44 +34,81 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DenseCLIPPredictor",
-    "DemoSummary",
-    "draw_predictions",
-    "expand_inputs",
-    "get_parser",
+    "VOCABULARY_PRESETS",
     "parse_vocabulary",
-    "run_demo",
-    "sanitize_file_name",
-    "score_map_overlay",
     "score_map_probabilities",
-    "setup_cfg",
     "top_score_map_classes",
+    "vocabulary_preset",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# ------------------------------------------------------------------------------------ presets
+def _coco_classes() -> List[str]:
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    return [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+
+
+def _lvis_classes() -> List[str]:
+    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+    # LVIS names are synset-like ("aerosol_can", "bow_(weapon)"): words for the text encoder.
+    return [c["name"].replace("_", " ") for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"])]
+
+
+# Pascal VOC's run-together names, as words for the text encoder.
+_VOC_WORDS = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+
+
+def _voc_classes() -> List[str]:
+    from detectron2.data.datasets.pascal_voc import CLASS_NAMES
+
+    return [_VOC_WORDS.get(name, name) for name in CLASS_NAMES]
+
+
+def _cityscapes_classes() -> List[str]:
+    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+
+    return list(_get_builtin_metadata("cityscapes")["thing_classes"])
+
+
+# name -> (description, loader). The class lists come from Detectron2's builtin dataset metadata.
+VOCABULARY_PRESETS: Dict[str, Tuple[str, Callable[[], List[str]]]] = {
+    "coco": ("the 80 COCO thing classes", _coco_classes),
+    "lvis": ("the 1203 LVIS v1 classes (underscores as spaces)", _lvis_classes),
+    "voc": ("the 20 Pascal VOC classes", _voc_classes),
+    "cityscapes": ("the 8 Cityscapes thing classes", _cityscapes_classes),
+}
+
+
+def vocabulary_preset(name: str) -> List[str]:
+    """The class names of the preset ``name`` (a key of ``VOCABULARY_PRESETS``)."""
+    if name not in VOCABULARY_PRESETS:
+        raise ValueError(f"unknown vocabulary preset {name!r}; presets: {', '.join(VOCABULARY_PRESETS)}")
+    return VOCABULARY_PRESETS[name][1]()
 
 
 # ------------------------------------------------------------------------------------ vocabulary
 def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[str]]:
-    """``"cat, remote control,sofa"`` -> ``["cat", "remote control", "sofa"]``.
+    """``"cat, remote control,sofa"`` -> ``["cat", "remote control", "sofa"]``; ``"coco"`` -> the
+    80 COCO classes.
 
-    Blanks around names are stripped and empty entries dropped; ``None`` means "no vocabulary".
-    The names are then checked by :func:`denseclip.text.validate_vocabulary` (ValueError).
+    A string that is exactly the name of a preset (``VOCABULARY_PRESETS``, surrounding blanks
+    ignored) selects the preset; any other string is a comma-separated list, so ``"coco,"`` is
+    the one class "coco". Blanks around names are stripped and empty entries dropped; a list is
+    taken as names (never a preset); ``None`` means "no vocabulary". The names are then checked by
+    :func:`denseclip.text.validate_vocabulary` (ValueError).
     """
     if value is None:
         return None
+    if isinstance(value, str) and value.strip() in VOCABULARY_PRESETS:
+        return vocabulary_preset(value.strip())
     items = value.split(",") if isinstance(value, str) else list(value)
     names = [n for n in (str(n).strip() for n in items) if n]
     if not names:
         raise ValueError(f"the vocabulary {value!r} contains no class name; give comma-separated names, e.g. \"cat,sofa\"")
     validate_vocabulary(names)
     return names
-
-
-def _vocabulary_arg(value: str) -> List[str]:
-    try:
-        return parse_vocabulary(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _metadata_for(names: Sequence[str], base: Optional[Metadata] = None) -> Metadata:
@@ -293,234 +323,3 @@ def score_map_probabilities(
         maps = F.interpolate(maps, size=tuple(output_size), mode="bilinear", align_corners=False)
         out[start : start + len(index)] = maps[0].sigmoid().cpu().numpy()
     return out
-
-
-# ------------------------------------------------------------------------------------ drawing
-def sanitize_file_name(name: str) -> str:
-    """A class name usable in a file name: runs of characters other than letters, digits, '.', '-'
-    and '_' become '_' ("remote control" -> "remote_control")."""
-    cleaned = re.sub(r"[^0-9A-Za-z._-]+", "_", name).strip("._")
-    return cleaned or "class"
-
-
-def score_map_overlay(bgr_image: np.ndarray, probability: np.ndarray, alpha: float = 0.5, label: str = "") -> np.ndarray:
-    """A JET heat map of an H x W probability map blended with the BGR image (H x W x 3 uint8)."""
-    import cv2
-
-    heat = cv2.applyColorMap(np.clip(probability * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    overlay = cv2.addWeighted(np.ascontiguousarray(bgr_image), 1.0 - alpha, heat, alpha, 0.0)
-    if label:
-        scale = max(0.4, min(bgr_image.shape[:2]) / 600.0)
-        thickness = max(1, int(round(scale * 2)))
-        origin = (5, 5 + int(20 * scale))
-        cv2.putText(overlay, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(overlay, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    return overlay
-
-
-def draw_predictions(bgr_image: np.ndarray, predictions: Dict, metadata: Metadata) -> np.ndarray:
-    """Detections (boxes, labels, scores, masks) drawn by Detectron2's Visualizer; BGR uint8."""
-    from detectron2.utils.visualizer import ColorMode, Visualizer
-
-    visualizer = Visualizer(bgr_image[:, :, ::-1], metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
-    if "instances" in predictions:
-        drawn = visualizer.draw_instance_predictions(predictions["instances"].to("cpu"))
-    else:
-        drawn = visualizer.output
-    return drawn.get_image()[:, :, ::-1]
-
-
-# ------------------------------------------------------------------------------------ CLI
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="DenseCLIP demo: draw detections (and pixel-text score maps) of images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns (quoted)")
-    parser.add_argument("--output", required=True, help="folder for the drawn images (created if needed)")
-    parser.add_argument("--vocabulary", type=_vocabulary_arg, default=None,
-                        help='comma-separated class names to detect, e.g. "cat,remote control,sofa" '
-                             "(default: the model's training vocabulary)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="minimum score of a drawn detection (ROI heads and RetinaNet); --opts win over it")
-    parser.add_argument("--score-maps", action="store_true",
-                        help="also write <stem>_scoremap_<class>.jpg heat maps of the pixel-text score maps")
-    parser.add_argument("--max-score-maps", type=int, default=10,
-                        help="score maps of at most this many classes per image, highest maximum first (<= 0: all)")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU (MODEL.DEVICE cpu)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
-    return parser
-
-
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Config file, then --confidence-threshold, then --opts, then --cpu; frozen. The class names
-    are resolved by the predictor (a --vocabulary may have to name them)."""
-    opts = []
-    threshold = getattr(args, "confidence_threshold", None)
-    if threshold is not None:
-        opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", threshold, "MODEL.RETINANET.SCORE_THRESH_TEST", threshold,
-                 "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", threshold]
-    opts += list(getattr(args, "opts", None) or [])
-    if getattr(args, "cpu", False):
-        opts += ["MODEL.DEVICE", "cpu"]
-    cfg = build_config(args.config_file, opts, resolve_classes=False)
-    if cfg.MODEL.WEIGHTS and cfg.MODEL.CLIP.PRETRAINED:
-        # MODEL.WEIGHTS holds the whole model, CLIP towers included: no need to fetch CLIP first.
-        logger.info("MODEL.WEIGHTS given: MODEL.CLIP.PRETRAINED '%s' is not loaded", cfg.MODEL.CLIP.PRETRAINED)
-        cfg.MODEL.CLIP.PRETRAINED = ""
-    cfg.freeze()
-    return cfg
-
-
-def expand_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Image paths of ``inputs`` (files, folders: their images, glob patterns), sorted and without
-    duplicates, and ``(input, reason)`` for those that name nothing."""
-    paths: Dict[str, str] = {}
-    missing: List[Tuple[str, str]] = []
-    for spec in inputs:
-        if os.path.isdir(spec):
-            found = [os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS)]
-            found = [f for f in found if os.path.isfile(f)]
-            if not found:
-                missing.append((spec, f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
-        elif os.path.isfile(spec):
-            found = [spec]
-        elif glob.has_magic(spec):
-            found = [f for f in glob.glob(spec, recursive=True) if os.path.isfile(f)]
-            if not found:
-                missing.append((spec, "no file matches this pattern"))
-        else:
-            missing.append((spec, "no such file or directory"))
-            continue
-        for f in found:
-            paths.setdefault(os.path.realpath(f), os.path.normpath(f))
-    return sorted(set(paths.values())), missing
-
-
-def _output_stems(paths: Sequence[str]) -> List[str]:
-    """File stems for the outputs, made unique ("a", "a_1") when two inputs share a name."""
-    used: Dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in used:
-            used[stem] += 1
-            unique = f"{stem}_{used[stem]}"
-            while unique in used:
-                used[stem] += 1
-                unique = f"{stem}_{used[stem]}"
-            logger.info("'%s' has the name of an earlier input: writing it as %s.jpg", path, unique)
-            stem = unique
-        used.setdefault(stem, 0)
-        stems.append(stem)
-    return stems
-
-
-def _score_map_names(names: Sequence[str]) -> List[str]:
-    """Sanitised, unique file-name parts for class names."""
-    out, seen = [], set()
-    for name in names:
-        base = candidate = sanitize_file_name(name)
-        n = 1
-        while candidate in seen:
-            n += 1
-            candidate = f"{base}_{n}"
-        seen.add(candidate)
-        out.append(candidate)
-    return out
-
-
-def _read_failure_reason(path: str, error: Exception) -> str:
-    """Why ``read_image`` failed on ``path``, in words."""
-    if not os.path.exists(path):
-        return "no such file or directory"
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return "the file is empty (0 bytes)"
-    if type(error).__name__ == "UnidentifiedImageError":
-        return "not an image file (its content is in no image format PIL can read)"
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot read it ({error.strerror})"
-    return f"cannot read it as an image ({type(error).__name__}: {error})"
-
-
-@dataclass
-class DemoSummary:
-    """What ``run_demo`` did: files written, inputs that failed (with the reason), the predictor."""
-
-    written: List[str] = field(default_factory=list)
-    failed: List[Tuple[str, str]] = field(default_factory=list)
-    num_images: int = 0
-    predictor: Optional[DenseCLIPPredictor] = None
-
-    @property
-    def exit_code(self) -> int:
-        """0 when at least one image was processed, 1 otherwise."""
-        return 0 if self.num_images > 0 else 1
-
-
-def run_demo(args: argparse.Namespace) -> DemoSummary:
-    """Run the demo for parsed ``get_parser()`` arguments; ``summary.exit_code`` for the shell.
-
-    Unreadable or missing inputs are reported (one log line each, naming the file and the reason)
-    and skipped; the other images are still processed.
-    """
-    import cv2
-    from detectron2.data.detection_utils import read_image
-    from tqdm import tqdm
-
-    vocabulary = parse_vocabulary(getattr(args, "vocabulary", None))
-    cfg = setup_cfg(args)
-    summary = DemoSummary()
-    paths, missing = expand_inputs(args.input)
-    for spec, reason in missing:
-        logger.warning("Skipping '%s': %s", spec, reason)
-        summary.failed.append((spec, reason))
-    if not paths:
-        logger.error("No input image to process (inputs: %s)", list(args.input))
-        print(f"DenseCLIP demo: 0 image(s) written to {args.output}, {len(summary.failed)} failed")
-        return summary
-
-    predictor = DenseCLIPPredictor(cfg, vocabulary=vocabulary)
-    summary.predictor = predictor
-    logger.info("Vocabulary (%d classes): %s", len(predictor.class_names), predictor.class_names)
-    os.makedirs(args.output, exist_ok=True)
-    with_maps = bool(getattr(args, "score_maps", False))
-    max_maps = getattr(args, "max_score_maps", 10)
-    max_maps = max_maps if max_maps and max_maps > 0 else None
-
-    for path, stem in tqdm(list(zip(paths, _output_stems(paths))), desc="DenseCLIP demo", unit="image"):
-        try:
-            image = read_image(path, format="BGR")
-        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped with its reason
-            reason = _read_failure_reason(path, e)
-            logger.warning("Skipping '%s': %s", path, reason)
-            summary.failed.append((path, reason))
-            continue
-        try:
-            predictions, maps = predictor.predict(image, with_score_maps=with_maps, max_score_maps=max_maps)
-            files = {os.path.join(args.output, f"{stem}.jpg"): draw_predictions(image, predictions, predictor.metadata)}
-            if maps is not None:
-                probabilities, names = maps
-                for prob, name, file_part in zip(probabilities, names, _score_map_names(names)):
-                    label = f"{name} (max {prob.max():.2f})"
-                    files[os.path.join(args.output, f"{stem}_scoremap_{file_part}.jpg")] = score_map_overlay(image, prob, label=label)
-            for file_name, drawn in files.items():
-                if not cv2.imwrite(file_name, drawn):
-                    raise OSError(f"cv2.imwrite could not write '{file_name}'")
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory on one huge image
-            logger.error("Failed on '%s': %s: %s", path, type(e).__name__, e)
-            logger.debug("Traceback:", exc_info=True)
-            summary.failed.append((path, f"{type(e).__name__}: {e}"))
-            continue
-        n = len(predictions["instances"]) if "instances" in predictions else 0
-        logger.info("%s: %d detection(s) -> %s", path, n, os.path.join(args.output, f"{stem}.jpg"))
-        summary.written.extend(files)
-        summary.num_images += 1
-
-    print(
-        f"DenseCLIP demo: {summary.num_images} image(s) written to {args.output}"
-        f"{' (with score maps)' if with_maps else ''}, {len(summary.failed)} failed"
-    )
-    return summary
