@@ -145,3 +145,18 @@ def test_open_clip_random_init_warning_is_replaced_by_what_is_loaded(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert not any("No pretrained weights loaded" in m for m in messages)
     assert sum("random initialisation" in m for m in messages) == 1
+
+
+def test_stale_class_names_of_another_size_are_an_error(tmp_path):
+    """A run's config.yaml reused on other training data keeps the old CLASS_NAMES: caught by size."""
+    from denseclip.data import generate_synthetic_dataset
+
+    paths = generate_synthetic_dataset(str(tmp_path / "shapes"), num_train=2, num_val=1, image_size=64)
+    spec = f"vocab_stale_train={paths['train_json']}:{paths['train_image_root']}"
+    opts = TINY + ["DATASETS.TRAIN", ("vocab_stale_train",), "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog"]]
+    with pytest.raises(ValueError, match=r"CLASS_NAMES has 2 names but DATASETS.TRAIN 'vocab_stale_train' has 8"):
+        build_config(f"configs/{LANGUAGE}", opts, dataset_specs=[spec], check_datasets=True)
+    renamed = [f"shape {i}" for i in range(8)]  # other prompts for the same 8 classes are fine
+    cfg = build_config(f"configs/{LANGUAGE}", opts[:-1] + [renamed] + ["DATASETS.TEST", ()], dataset_specs=[spec],
+                       check_datasets=True)
+    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == renamed

@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog
 
 from ..config import add_denseclip_config
 from ..data import register_datasets_from_spec, register_synthetic_from_config
-from ..modeling.vocabulary import resolve_vocabulary
+from ..modeling.vocabulary import check_vocabulary_fits_datasets, resolve_vocabulary
 from .checkpoint import checkpoint_vocabulary
 from .optimizer import resolve_step_fractions
 
@@ -212,6 +212,8 @@ def build_config(
         check_dataset_names(cfg)
     if resolve_classes and cfg.MODEL.META_ARCHITECTURE in DENSECLIP_META_ARCHITECTURES:
         resolve_config_vocabulary(cfg)
+        if check_datasets:
+            check_vocabulary_fits_datasets(cfg)
     return cfg
 
 

@@ -45,6 +45,24 @@ def resolve_vocabulary(cfg: CfgNode) -> None:
             node.NUM_CLASSES = len(names)
 
 
+def check_vocabulary_fits_datasets(cfg: CfgNode) -> None:
+    """For training and evaluation: the annotations' class ids index the dataset's own classes, so a
+    vocabulary of another size (e.g. a run's config.yaml reused on other data, with its old
+    MODEL.DENSECLIP.CLASS_NAMES) cannot label them. Renamed prompts of the same count are fine."""
+    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
+    for key, datasets in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        for dataset in datasets:
+            if dataset not in DatasetCatalog.list():
+                continue
+            dataset_names = dataset_class_names(dataset)
+            if names and dataset_names and len(dataset_names) != len(names):
+                raise ValueError(
+                    f"MODEL.DENSECLIP.CLASS_NAMES has {len(names)} names but {key} '{dataset}' has {len(dataset_names)} "
+                    f"classes ({', '.join(dataset_names[:5])}{', ...' if len(dataset_names) > 5 else ''}): set "
+                    "MODEL.DENSECLIP.CLASS_NAMES [] to take the dataset's names (renamed prompts must keep the count)"
+                )
+
+
 def configured_vocabulary(cfg: CfgNode) -> List[str]:
     """The vocabulary a model is built with: MODEL.DENSECLIP.CLASS_NAMES, consistent with NUM_CLASSES."""
     names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
