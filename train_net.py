@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from denseclip.engine import LaunchError, Trainer, cpu_processes_requested, default_argument_parser, launch, setup
+from denseclip.engine import ConfigError, LaunchError, Trainer, cpu_processes_requested, default_argument_parser, launch, setup
 
 
 def main(args: argparse.Namespace) -> Any:
@@ -40,5 +40,5 @@ if __name__ == "__main__":
             args=(args,),
             cpu_processes=cpu_processes_requested(args),
         )
-    except LaunchError as e:
+    except (ConfigError, LaunchError) as e:  # a config or command-line mistake: its message, no traceback
         sys.exit(f"train_net.py: error: {e}")

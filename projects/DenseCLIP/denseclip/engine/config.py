@@ -211,9 +211,12 @@ def build_config(
     if check_datasets:
         check_dataset_names(cfg)
     if resolve_classes and cfg.MODEL.META_ARCHITECTURE in DENSECLIP_META_ARCHITECTURES:
-        resolve_config_vocabulary(cfg)
-        if check_datasets:
-            check_vocabulary_fits_datasets(cfg)
+        try:
+            resolve_config_vocabulary(cfg)
+            if check_datasets:
+                check_vocabulary_fits_datasets(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     return cfg
 
 
