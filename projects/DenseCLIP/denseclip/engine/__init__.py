@@ -14,6 +14,7 @@ from .optimizer import (
     resolve_step_fractions,
 )
 from .trainer import (
+    AutocastTrainer,
     ConfigError,
     GradScalerOverflowLogger,
     Trainer,
@@ -26,6 +27,7 @@ from .trainer import (
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "AutocastTrainer",
     "ConfigError",
     "GradScalerOverflowLogger",
     "IMAGE_ENCODER_PREFIXES",
