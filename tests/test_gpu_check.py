@@ -73,7 +73,17 @@ def test_dry_run_markdown_report(dry_run):
     assert (out / "benchmark_amp.json").is_file() and (out / "benchmark_amp.md").is_file()
 
 
-def test_a_non_finite_loss_fails_the_check(tmp_path):
+@pytest.fixture
+def default_synthetic_registration():
+    """The in-process run registers the synthetic set under its output folder; put back the
+    package's default registration afterwards for the other tests."""
+    from denseclip.data import register_synthetic_dataset
+
+    yield
+    register_synthetic_dataset()
+
+
+def test_a_non_finite_loss_fails_the_check(tmp_path, default_synthetic_registration):
     """An absurd learning rate makes the second iteration's loss non-finite: the run is recorded as
     failed, the report says so, and the exit status is non-zero."""
     rc = gpu_check.main(["--device", "cpu", "--tiny", "--data", "synthetic", "--steps", "train", "--runs", "retinanet",
