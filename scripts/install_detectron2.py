@@ -15,6 +15,12 @@ Two routes:
     patches below is applied to it.
 
 Run with the interpreter of the target environment: ``.venv/bin/python scripts/install_detectron2.py``.
+
+``--wheel-dir DIR`` builds a wheel of the default route into DIR instead of installing it, for
+machines without network access (scripts/build_wheelhouse.sh). That wheel is pure Python
+(``py3-none-any``): ``detectron2._C`` is an empty Python module rather than an empty C++ extension,
+so one wheel built here installs on any Python version and platform; Detectron2 behaves the same
+(its C++ ops are absent in both cases, and ``from detectron2 import _C`` works in both).
 """
 from __future__ import annotations
 
@@ -212,7 +218,8 @@ def patch_sources(src: Path) -> None:
     (csrc / "vision.cpp").write_text(EMPTY_EXTENSION_SOURCE)
 
 
-def install_from_sdist(workdir: Path, constraints: list[str]) -> None:
+def fetch_patched_sdist(workdir: Path) -> Path:
+    """Download and extract the pb1-detectron2 sdist into ``workdir``, patched; returns its folder."""
     pip("download", "--no-deps", "--no-build-isolation", SDIST_REQUIREMENT, "-d", str(workdir))
     archives = sorted(workdir.glob("pb1*detectron2-0.6.tar.gz"))
     if not archives:
@@ -221,11 +228,47 @@ def install_from_sdist(workdir: Path, constraints: list[str]) -> None:
         tar.extractall(workdir, filter="data")
     src = next(p for p in workdir.iterdir() if p.is_dir() and (p / "setup.py").exists())
     patch_sources(src)
+    return src
+
+
+def install_from_sdist(workdir: Path, constraints: list[str]) -> None:
+    src = fetch_patched_sdist(workdir)
     # FORCE_CUDA=0 and no CUDA visible: build the (empty) CPU extension only.
     env_note = "building Detectron2 v0.6 from the patched sdist"
     log(env_note)
     os.environ["FORCE_CUDA"] = "0"
     pip("install", "--no-build-isolation", *constraints, str(src))
+
+
+# The same three build-information functions as EMPTY_EXTENSION_SOURCE, so that collect_env_info
+# and default_setup work with the wheel too.
+PURE_PYTHON_C_MODULE = '''"""Placeholder for Detectron2's C++ ops (absent in this pure-Python build of the v0.6 sources)."""
+
+
+def get_compiler_version() -> str:
+    return "none (pure-Python build without Detectron2's C++ ops)"
+
+
+def get_cuda_version() -> str:
+    return "not available (detectron2 built without its C++/CUDA ops)"
+
+
+def has_cuda() -> bool:
+    return False
+'''
+
+
+def build_pure_python_wheel(workdir: Path, wheel_dir: Path) -> None:
+    """A ``py3-none-any`` wheel of the patched sdist: no extension module, ``detectron2/_C.py`` instead."""
+    src = fetch_patched_sdist(workdir)
+    setup_py = src / "setup.py"
+    text = setup_py.read_text()
+    if "ext_modules=get_extensions()," not in text:
+        raise RuntimeError(f"{setup_py}: ext_modules line not found; cannot build a pure-Python wheel")
+    setup_py.write_text(text.replace("ext_modules=get_extensions(),", "ext_modules=[],"))
+    (src / "detectron2" / "_C.py").write_text(PURE_PYTHON_C_MODULE)
+    log(f"building a pure-Python Detectron2 v0.6 wheel into {wheel_dir}")
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(src))
 
 
 def install_from_upstream(source: str, workdir: Path, constraints: list[str]) -> None:
@@ -240,6 +283,20 @@ def install_from_upstream(source: str, workdir: Path, constraints: list[str]) ->
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--wheel-dir", type=Path, default=None,
+                        help="build a pure-Python wheel of the default route into this folder instead of installing")
+    args = parser.parse_args()
+    if args.wheel_dir is not None:
+        args.wheel_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="detectron2-wheel-"))
+        try:
+            build_pure_python_wheel(workdir, args.wheel_dir.resolve())
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     constraints = []
     lock = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
     if lock.exists():

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from denseclip import benchmark
+from denseclip.benchmark import cli, configs, machine, paired, profiling, targets
 
 PAIR = ["COCO/mask_rcnn_clip_R50_FPN_1x.yaml", "COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml"]
 
@@ -56,7 +56,7 @@ def report(tmp_path_factory):
         "--output-md", str(out / "bench.md"),
         "--opts", *TINY_OPTS,
     ]
-    benchmark.main(argv)
+    cli.main(argv)
     with open(out / "bench.json") as f:
         data = json.load(f)
     return data, out
@@ -113,7 +113,7 @@ def test_every_config_has_times_memory_flops_params(report):
             assert util[phase]["fraction_of_peak"] == pytest.approx(util[phase]["achieved_tflops"] / 1.0)
         profile = entry["profile"]
         assert profile["sort_by"] == "self_cpu_time_total" and profile["repeats"] == 2
-        assert 0 < len(profile["ops"]) <= benchmark.PROFILE_TOP_OPS
+        assert 0 < len(profile["ops"]) <= profiling.PROFILE_TOP_OPS
         assert any(op["op"] == "aten::mkldnn_convolution" or "conv" in op["op"] for op in profile["ops"])
         assert all(_is_number(op["self_ms"]) and op["calls"] >= 1 for op in profile["ops"])
         assert profile["ops"] == sorted(profile["ops"], key=lambda op: -op["self_ms"])
@@ -185,7 +185,7 @@ def test_markdown_report(report):
 
 def test_alternating_rounds_swap_the_order_and_pair_every_round():
     calls = []
-    out = benchmark.time_alternating(lambda: calls.append("S"), lambda: calls.append("R"), warmup=1, repeats=4,
+    out = paired.time_alternating(lambda: calls.append("S"), lambda: calls.append("R"), warmup=1, repeats=4,
                                      device="cpu")
     assert "".join(calls) == "SR" + "SR" + "RS" + "SR" + "RS"
     assert out["ratio"]["rounds"] == 4 and len(out["ratio"]["ratios"]) == 4
@@ -200,19 +200,19 @@ def test_time_targets_use_the_paired_median_where_measured():
 
     dense, clip = result("retinanet_denseclip_R50_FPN_1x", "denseclip"), result("retinanet_clip_R50_FPN_1x", "clip")
     ratio = {"median": 1.05, "q1": 1.04, "q3": 1.06, "min": 1.03, "max": 1.07, "rounds": 5, "ratios": []}
-    args = benchmark.build_parser().parse_args([])
-    for paired, expected_value, expected_status in ((None, 1.3, "FAIL"), ({"64x64": {"inference": {"ratio": ratio}}}, 1.05, "PASS")):
-        checks = benchmark.evaluate_targets([dense, clip], [benchmark.compare(dense, clip, "denseclip_vs_clip_baseline", paired)], args)
+    args = cli.build_parser().parse_args([])
+    for rounds, expected_value, expected_status in ((None, 1.3, "FAIL"), ({"64x64": {"inference": {"ratio": ratio}}}, 1.05, "PASS")):
+        checks = targets.evaluate_targets([dense, clip], [targets.compare(dense, clip, "denseclip_vs_clip_baseline", rounds)], args)
         check = next(c for c in checks if c["check"].startswith("inference time ratio"))
         assert check["value"] == pytest.approx(expected_value) and check["status"] == expected_status
-        assert ("alternating rounds" in check["note"]) == (paired is not None)
+        assert ("alternating rounds" in check["note"]) == (rounds is not None)
 
 
 def test_pairing_with_detectron2_stock_and_paper_flops():
     """Pairs and paper FLOP targets, without building models."""
     def result(name, variant, detector="mask_rcnn", encoder="RN50", gflops=None):
         return {"name": name, "variant": variant, "detector": detector, "encoder": encoder,
-                "paper": benchmark.PAPER.get((detector, encoder, variant)),
+                "paper": configs.PAPER.get((detector, encoder, variant)),
                 "flops": {"gflops": gflops} if gflops else None, "params": {}, "sizes": {}}
 
     results = [
@@ -220,13 +220,13 @@ def test_pairing_with_detectron2_stock_and_paper_flops():
         result("mask_rcnn_denseclip_R50_FPN_1x", "denseclip", gflops=380.0),
         result("mask_rcnn_R50_FPN_1x_detectron2", "detectron2", encoder="R50", gflops=250.0),
     ]
-    pairs = [(a["name"], b["name"], kind) for a, b, kind in benchmark.find_pairs(results)]
+    pairs = [(a["name"], b["name"], kind) for a, b, kind in targets.find_pairs(results)]
     assert ("mask_rcnn_denseclip_R50_FPN_1x", "mask_rcnn_clip_R50_FPN_1x", "denseclip_vs_clip_baseline") in pairs
     assert ("mask_rcnn_denseclip_R50_FPN_1x", "mask_rcnn_R50_FPN_1x_detectron2", "vs_detectron2_stock") in pairs
-    args = benchmark.build_parser().parse_args([])
+    args = cli.build_parser().parse_args([])
     assert tuple(args.flops_size) == (1280, 800) and args.sizes == [(1333, 800)]
-    comparisons = [benchmark.compare(a, b, kind) for a, b, kind in benchmark.find_pairs(results)]
-    checks = {c["check"]: c["status"] for c in benchmark.evaluate_targets(results, comparisons, args)}
+    comparisons = [targets.compare(a, b, kind) for a, b, kind in targets.find_pairs(results)]
+    checks = {c["check"]: c["status"] for c in targets.evaluate_targets(results, comparisons, args)}
     assert checks["GFLOPs mask_rcnn_clip_R50_FPN_1x vs paper 301 G"] == "PASS"
     assert checks["GFLOPs mask_rcnn_denseclip_R50_FPN_1x vs paper 327 G"] == "FAIL"
 
@@ -238,22 +238,22 @@ def test_stock_detectron2_config_is_detectron2s_r50_fpn(make_cfg):
     assert cfg.MODEL.RESNETS.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
     assert list(cfg.MODEL.PIXEL_MEAN) == [103.530, 116.280, 123.675] and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
     assert cfg.INPUT.FORMAT == "BGR" and cfg.MODEL.MASK_ON
-    assert benchmark.describe_config(cfg)["variant"] == "detectron2"
+    assert configs.describe_config(cfg)["variant"] == "detectron2"
 
 
 def test_utilization_arithmetic_and_gpu_peaks():
     entry = {"inference": {"batch": 1, "median_ms": 100.0}, "throughput": {"batch": 8, "median_ms": 400.0},
              "train": {"batch": 2, "median_ms": 1000.0}}
-    util = benchmark.utilization(entry, gmacs_per_image=10.0, peak=4.0)
+    util = machine.utilization(entry, gmacs_per_image=10.0, peak=4.0)
     # 10 images/s x 10 GMACs x 2 flops = 0.2 TFLOP/s; 20 images/s -> 0.4; training 2 images/s x 3 -> 0.12.
     assert util["inference"]["achieved_tflops"] == pytest.approx(0.2)
     assert util["throughput"]["achieved_tflops"] == pytest.approx(0.4)
     assert util["train"]["achieved_tflops"] == pytest.approx(0.12)
     assert util["train"]["fraction_of_peak"] == pytest.approx(0.03)
-    args = benchmark.build_parser().parse_args([])
-    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 989.4
-    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 PCIe"}) == 756.5
-    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H200"}) == 989.4
-    assert benchmark.peak_tflops(args, {"gpu": None}) is None  # CPU: no assumed peak
-    args = benchmark.build_parser().parse_args(["--peak-tflops", "2.5"])
-    assert benchmark.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 2.5
+    args = cli.build_parser().parse_args([])
+    assert machine.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 989.4
+    assert machine.peak_tflops(args, {"gpu": "NVIDIA H100 PCIe"}) == 756.5
+    assert machine.peak_tflops(args, {"gpu": "NVIDIA H200"}) == 989.4
+    assert machine.peak_tflops(args, {"gpu": None}) is None  # CPU: no assumed peak
+    args = cli.build_parser().parse_args(["--peak-tflops", "2.5"])
+    assert machine.peak_tflops(args, {"gpu": "NVIDIA H100 80GB HBM3"}) == 2.5

@@ -262,3 +262,43 @@ def test_checkpoint_of_the_first_layout_loads(config_file, make_cfg, tmp_path):
     result = again.load_state_dict(dict(old_state), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert torch.equal(again.text_side.gamma, source.text_side.gamma)
+def test_score_maps_and_pixel_text_loss_are_float32_under_autocast():
+    """Under autocast (bf16 here on CPU; fp16 on CUDA) the score-map logits (up to 1/tau = 14.3) and
+    the pixel-text loss stay in float32, whatever the dtype of the features coming in."""
+    inst = Instances((64, 64))
+    inst.gt_boxes = Boxes(torch.tensor([[4.0, 8.0, 40.0, 60.0]]))
+    inst.gt_classes = torch.tensor([1])
+    dense = torch.randn(1, 16, 2, 2, dtype=torch.bfloat16)
+    text = torch.randn(3, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        score = pixel_text_score_map(dense, text, tau=0.07)
+        loss = pixel_text_loss(score.bfloat16(), [inst], (64, 64))
+        matmul = dense.float().flatten(2).transpose(1, 2) @ text.float().t()  # what autocast does otherwise
+    assert matmul.dtype == torch.bfloat16
+    assert score.dtype == torch.float32 and loss.dtype == torch.float32
+    torch.testing.assert_close(score, pixel_text_score_map(dense.float(), text.float(), tau=0.07))
+    assert torch.isfinite(loss)
+
+
+def test_pixel_text_targets_match_a_per_box_fill():
+    """The vectorised targets equal filling each (stride-truncated, clamped) box in a loop."""
+    g = torch.Generator().manual_seed(0)
+    instances = []
+    for n in (0, 1, 7):
+        inst = Instances((64, 96))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([96.0, 64.0])
+        wh = torch.rand(n, 2, generator=g) * 50
+        inst.gt_boxes = Boxes(torch.cat([xy - 5, xy + wh], dim=1))  # some boxes cross the borders
+        inst.gt_classes = torch.randint(0, 4, (n,), generator=g)
+        instances.append(inst)
+    target, weight = box_target_maps(instances, num_classes=4, size=(16, 24), stride=4)
+    for i, inst in enumerate(instances):
+        expected_target, expected_union = torch.zeros(4, 16, 24), torch.zeros(16, 24)
+        boxes = (inst.gt_boxes.tensor / 4).long()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, 23)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, 15)
+        for (x0, y0, x1, y1), label in zip(boxes.tolist(), inst.gt_classes.tolist()):
+            expected_target[label, y0:y1, x0:x1] = 1
+            expected_union[y0:y1, x0:x1] = 1
+        assert torch.equal(target[i], expected_target)
+        assert all(torch.equal(weight[i, k], expected_union) for k in range(4))

@@ -26,6 +26,7 @@ from detectron2.utils.events import EventStorage
 
 from denseclip.engine import (
     AtomicDetectionCheckpointer,
+    AutocastTrainer,
     ConfigError,
     GradScalerOverflowLogger,
     IncompatibleCheckpointError,
@@ -555,6 +556,22 @@ def test_nonfinite_loss_raises_with_iteration_and_names(make_cfg):
     step_trainer = Trainer.build_step_trainer(cfg, model, itertools.repeat([{}]), build_optimizer(cfg, model))
     with pytest.raises(FloatingPointError, match=r"(?s)iteration=0.*loss_cls"):
         step_trainer.train(0, 3)
+
+
+def test_bfloat16_amp_trains_mask_rcnn_on_cpu(make_cfg, tiny_data, tmp_path):
+    """SOLVER.AMP.PRECISION bfloat16: autocast on CPU too (no gradient scaler), finite losses."""
+    cfg = make_cfg(MASK_RCNN, [*TINY_OPTS, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
+                               "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+                               "DATASETS.TRAIN", "('engine_tiny_train',)", "DATASETS.TEST", "()",
+                               "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    assert type(trainer._trainer) is AutocastTrainer and trainer._trainer.grad_scaler is None
+    assert trainer._trainer.dtype == torch.bfloat16 and trainer._trainer.device_type == "cpu"
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = training_metrics(tmp_path)
+    assert [m["iteration"] for m in losses] == [0, 1]
+    assert all(np.isfinite(m[k]) for m in losses for k in ("loss_mask", "total_loss"))
 
 
 def test_amp_on_cpu_falls_back_and_trains_mask_rcnn(make_cfg, tiny_data, tmp_path, caplog):

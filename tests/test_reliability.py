@@ -285,7 +285,7 @@ class FakeGradScaler:
 
 
 def test_amp_overflow_logger_is_wired_into_the_trainer_log(shapes, tmp_path, monkeypatch):
-    """AMPTrainer needs CUDA; a SimpleTrainer carrying a (fake) grad_scaler stands in for it, so this
+    """float16 AMP needs CUDA; a SimpleTrainer carrying a (fake) grad_scaler stands in for it, so this
     checks that the Trainer registers GradScalerOverflowLogger and its warning reaches log.txt."""
 
     def step_trainer_with_scaler(cls, cfg, model, data_loader, optimizer):

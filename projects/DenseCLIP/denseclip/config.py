@@ -108,6 +108,9 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.SOLVER.STEP_FRACTIONS = []
     # Iterations between metric writes (console, metrics.json, TensorBoard); Detectron2 uses 20.
     _C.SOLVER.LOG_PERIOD = 20
+    # Autocast dtype of SOLVER.AMP.ENABLED: "float16" (CUDA, with a gradient scaler) or "bfloat16"
+    # (CUDA or CPU, float32's range: no scaler).
+    _C.SOLVER.AMP.PRECISION = "float16"
 
     # ---------------------------------------------------------------- data
     _C.DATASETS.SYNTHETIC = CN()

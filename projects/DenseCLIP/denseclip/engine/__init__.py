@@ -12,10 +12,19 @@ from .optimizer import (
     model_parameter_groups,
     resolve_step_fractions,
 )
-from .trainer import GradScalerOverflowLogger, LRScheduler, Trainer, cpu_processes_requested, default_argument_parser, setup
+from .trainer import (
+    AutocastTrainer,
+    GradScalerOverflowLogger,
+    LRScheduler,
+    Trainer,
+    cpu_processes_requested,
+    default_argument_parser,
+    setup,
+)
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "AutocastTrainer",
     "ConfigError",
     "GradScalerOverflowLogger",
     "IncompatibleCheckpointError",

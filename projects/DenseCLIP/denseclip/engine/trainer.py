@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 import weakref
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional
@@ -15,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
@@ -26,10 +27,11 @@ from ..config import add_denseclip_config
 from ..data import RobustDatasetMapper
 from ..evaluation import build_coco_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import build_config, merge_config_file, merge_overrides
+from .config import ConfigError, build_config, merge_config_file, merge_overrides
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 
 __all__ = [
+    "AutocastTrainer",
     "GradScalerOverflowLogger",
     "LRScheduler",
     "Trainer",
@@ -96,6 +98,55 @@ class LRScheduler(hooks.LRScheduler):
         self.scheduler.step()
 
 
+class AutocastTrainer(SimpleTrainer):
+    """Mixed-precision training steps in ``dtype`` on ``device_type``: autocast around the forward
+    pass and the losses, a ``GradScaler`` for float16 (bfloat16 has float32's range and needs none).
+
+    Detectron2 v0.6's ``AMPTrainer`` is float16 on CUDA only; this one also trains in bfloat16, on
+    CUDA or CPU. The scaler (``grad_scaler``, None for bfloat16) is saved with the optimizer.
+    """
+
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                 dtype: torch.dtype = torch.float16, device_type: str = "cuda") -> None:
+        super().__init__(model, data_loader, optimizer)
+        self.dtype = dtype
+        self.device_type = device_type
+        self.grad_scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+
+    def run_step(self) -> None:
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                losses, loss_dict = loss_dict, {"total_loss": loss_dict}
+            else:
+                losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        if self.grad_scaler is None:
+            losses.backward()
+            self._write_metrics(loss_dict, data_time)
+            self.optimizer.step()
+        else:
+            self.grad_scaler.scale(losses).backward()
+            self._write_metrics(loss_dict, data_time)
+            self.grad_scaler.step(self.optimizer)  # unscales first: gradient clipping sees true norms
+            self.grad_scaler.update()
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` for DenseCLIP.
 
@@ -151,14 +202,19 @@ class Trainer(DefaultTrainer):
     def build_step_trainer(
         cls, cfg: CfgNode, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer
     ) -> SimpleTrainer:
-        """Detectron2's ``AMPTrainer`` (float16 autocast + gradient scaler) when SOLVER.AMP.ENABLED
-        and the model is on CUDA; otherwise ``SimpleTrainer``. v0.6's AMPTrainer asserts CUDA, so on
-        CPU AMP is turned off with a warning instead of crashing at the first iteration."""
+        """``AutocastTrainer`` in SOLVER.AMP.PRECISION when SOLVER.AMP.ENABLED (float16 on CUDA,
+        bfloat16 on CUDA or CPU); otherwise ``SimpleTrainer``. float16 on CPU is turned off with a
+        warning instead of crashing at the first iteration."""
         if cfg.SOLVER.AMP.ENABLED:
-            if next(model.parameters()).device.type == "cuda":
-                return AMPTrainer(model, data_loader, optimizer)
+            precision = cfg.SOLVER.AMP.PRECISION
+            if precision not in ("float16", "bfloat16"):
+                raise ConfigError(f"SOLVER.AMP.PRECISION must be 'float16' or 'bfloat16', got {precision!r}")
+            device_type = next(model.parameters()).device.type
+            if device_type == "cuda" or precision == "bfloat16":
+                return AutocastTrainer(model, data_loader, optimizer, getattr(torch, precision), device_type)
             logger.warning(
-                "SOLVER.AMP.ENABLED is ignored: Detectron2's AMPTrainer needs CUDA; training in float32"
+                "SOLVER.AMP.ENABLED is ignored: float16 AMP needs CUDA (SOLVER.AMP.PRECISION bfloat16 "
+                "runs on CPU); training in float32"
             )
         return SimpleTrainer(model, data_loader, optimizer)
 

@@ -11,17 +11,21 @@ from detectron2.structures import Instances
 def pixel_text_score_map(dense: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
     """Cosine similarity of every location with every class, divided by the temperature tau.
 
+    Computed in float32 also under autocast: the logits reach 1 / tau (14.3) and feed a BCE loss and
+    the FPN, and a K x D by D x HW product costs nothing next to the encoder.
+
     Args:
         dense: B x D x H x W dense CLIP embeddings.
         text: B x K x D (per-image, context-refined) or K x D text embeddings.
     Returns:
-        B x K x H x W score maps, bounded by 1 / tau in absolute value.
+        B x K x H x W float32 score maps, bounded by 1 / tau in absolute value.
     """
-    dense = F.normalize(dense, dim=1)
-    text = F.normalize(text, dim=-1)
-    if text.dim() == 2:
-        return torch.einsum("bchw,kc->bkhw", dense, text) / tau
-    return torch.einsum("bchw,bkc->bkhw", dense, text) / tau
+    with torch.autocast(dense.device.type, enabled=False):
+        dense = F.normalize(dense.float(), dim=1)
+        text = F.normalize(text.float(), dim=-1)
+        if text.dim() == 2:
+            return torch.einsum("bchw,kc->bkhw", dense, text) / tau
+        return torch.einsum("bchw,bkc->bkhw", dense, text) / tau
 
 
 def box_target_maps(
@@ -35,17 +39,22 @@ def box_target_maps(
         target (B x K x h x w) and weight (B x K x h x w, the union expanded over classes).
     """
     h, w = size
-    device = instances[0].gt_boxes.device if len(instances) else torch.device("cpu")
-    target = torch.zeros(len(instances), num_classes, h, w, device=device)
-    weight = torch.zeros(len(instances), 1, h, w, device=device)
-    for i, inst in enumerate(instances):
+    if not instances:
+        return torch.zeros(0, num_classes, h, w), torch.zeros(0, num_classes, h, w)
+    device = instances[0].gt_boxes.device
+    ys = torch.arange(h, device=device)[None, :, None]
+    xs = torch.arange(w, device=device)[None, None, :]
+    targets, weights = [], []
+    # Tensor ops only (no per-box Python loop reading coordinates): no host-device sync on GPU.
+    for inst in instances:
         boxes = (inst.gt_boxes.tensor / stride).long()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
-        for (x0, y0, x1, y1), label in zip(boxes.tolist(), inst.gt_classes.tolist()):
-            target[i, label, y0:y1, x0:x1] = 1.0
-            weight[i, :, y0:y1, x0:x1] = 1.0
-    return target, weight.expand(-1, num_classes, -1, -1)
+        x0, x1 = (boxes[:, i].clamp(0, w - 1)[:, None, None] for i in (0, 2))
+        y0, y1 = (boxes[:, i].clamp(0, h - 1)[:, None, None] for i in (1, 3))
+        inside = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).flatten(1).float()  # N x hw
+        labels = F.one_hot(inst.gt_classes.to(device), num_classes).float()  # N x K
+        targets.append((labels.t() @ inside).clamp_(max=1.0).view(num_classes, h, w))
+        weights.append(inside.sum(dim=0).clamp_(max=1.0).view(1, h, w))
+    return torch.stack(targets), torch.stack(weights).expand(-1, num_classes, -1, -1)
 
 
 def pixel_text_loss(score_map: torch.Tensor, instances: List[Instances], image_size: Tuple[int, int]) -> torch.Tensor:
@@ -59,8 +68,9 @@ def pixel_text_loss(score_map: torch.Tensor, instances: List[Instances], image_s
     """
     stride = 4
     size = (image_size[0] // stride, image_size[1] // stride)
-    logits = F.interpolate(score_map, size=size, mode="bilinear", align_corners=False)
-    target, weight = box_target_maps(instances, score_map.shape[1], size, stride)
-    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
-    # An image batch without any box contributes no loss (rather than a division by zero).
-    return loss / weight.sum().clamp(min=1.0)
+    with torch.autocast(score_map.device.type, enabled=False):  # float32, also under autocast
+        logits = F.interpolate(score_map.float(), size=size, mode="bilinear", align_corners=False)
+        target, weight = box_target_maps(instances, score_map.shape[1], size, stride)
+        loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+        # An image batch without any box contributes no loss (rather than a division by zero).
+        return loss / weight.sum().clamp(min=1.0)

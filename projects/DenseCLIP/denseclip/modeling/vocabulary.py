@@ -68,7 +68,7 @@ def configured_vocabulary(cfg: CfgNode) -> List[str]:
     names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
     if not names:
         raise ValueError(
-            "MODEL.DENSECLIP.CLASS_NAMES is empty: build the config with denseclip.config.build_config "
+            "MODEL.DENSECLIP.CLASS_NAMES is empty: build the config with denseclip.engine.build_config "
             "(which takes the class names from DATASETS.TRAIN) or set the class names"
         )
     validate_vocabulary(names)

@@ -116,7 +116,8 @@ class CLIPTextTower(nn.Module):
         return self.text_projection.shape[1]
 
     def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
-        """Encode K sequences of token embeddings (K x L x width) and pool each at its EOT position.
+        """Encode K sequences of token embeddings (K x L x width) and pool each at its EOT position
+        (``eot_index``: K positions, best on the CPU, where reading their maximum needs no GPU sync).
 
         Returns K x embed_dim text embeddings, as ``CLIP.encode_text`` computes them. Under the
         causal mask a token's state depends only on the tokens before it, so tokens after the last
@@ -134,7 +135,7 @@ class CLIPTextTower(nn.Module):
         else:
             x = self.transformer(x, attn_mask=mask)
         # LayerNorm acts per token, so normalising only the pooled token equals CLIP's order.
-        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device, non_blocking=True)])
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
@@ -320,9 +321,12 @@ class PromptTextEncoder(nn.Module):
         Gradients reach only ``context``; the text tower is frozen. The vocabulary may differ from
         call to call (e.g. a new vocabulary at inference).
         """
-        ids = self.tokenize(class_names).to(self.clip_text.token_embedding.weight.device)
-        embeddings = self.clip_text.token_embedding(ids)
+        ids = self.tokenize(class_names)
+        # EOT positions and the shared prefix are read on the CPU ids: no host sync with the GPU.
+        eot_index, shared_prefix = ids.argmax(dim=-1), shared_prefix_length(ids)
+        device = self.clip_text.token_embedding.weight.device
+        embeddings = self.clip_text.token_embedding(ids.to(device, non_blocking=True))
         if self.context is not None:
             context = self.context.to(embeddings.dtype).unsqueeze(0).expand(len(class_names), -1, -1)
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
-        return self.clip_text(embeddings, ids.argmax(dim=-1), shared_prefix_length(ids))
+        return self.clip_text(embeddings, eot_index, shared_prefix)

@@ -1,0 +1,4 @@
+"""``python -m denseclip.benchmark``: see ``denseclip.benchmark.cli``."""
+from .cli import main
+
+main()
