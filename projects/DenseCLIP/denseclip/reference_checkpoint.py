@@ -22,7 +22,7 @@ missing name is an error that names it (shapes are checked against the model whe
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -84,83 +84,123 @@ def _inverse(perm: Sequence[int]) -> List[int]:
     return inverse
 
 
-# (reference pattern, our name template, transform) where the template uses the pattern's groups.
-# ``{enc}`` is the image encoder's prefix and ``{fpn}`` the FPN's, which differ between the DenseCLIP
-# models (backbone = the encoder) and the CLIP baselines (backbone = Detectron2's FPN).
-_Rule = Tuple[str, str]
+class _Rule(NamedTuple):
+    """One correspondence of names, read both ways. ``ref`` and ``ours`` are templates: ``{p}`` is
+    weight or bias, ``{rest}`` any suffix, ``{i}`` (reference side) an index matching ``index``,
+    and ``{j}`` (our side) the index ``scale * i + offset``."""
+
+    ref: str
+    ours: str
+    index: str = r"\d+"
+    scale: int = 1
+    offset: int = 0
+
+
+_FIELD_PATTERNS = {"p": r"weight|bias", "rest": r".+", "j": r"\d+"}
 
 
 def _rules(layout: ReferenceLayout) -> List[_Rule]:
-    num_levels = 3 if layout.detector == "retinanet" else 4
-    rules: List[_Rule] = [
-        (r"backbone\.(?P<rest>.+)", "{enc}{rest}"),
-        (r"neck\.lateral_convs\.(?P<i>\d+)\.conv\.(?P<p>weight|bias)", "{fpn}fpn_lateral{i+first}.{p}"),
+    """The name correspondences of a layout, most specific first. The image encoder and the FPN
+    live under ``backbone.visual.`` / ``fpn.`` in the DenseCLIP models, and under
+    ``backbone.bottom_up.visual.`` / ``backbone.`` (Detectron2's FPN backbone) in the CLIP baselines."""
+    retinanet = layout.detector == "retinanet"
+    first, levels = (3, 3) if retinanet else (2, 4)
+    enc, fpn = ("backbone.visual.", "fpn.") if layout.denseclip else ("backbone.bottom_up.visual.", "backbone.")
+    rules = [
+        _Rule("backbone.{rest}", enc + "{rest}"),
+        _Rule("neck.lateral_convs.{i}.conv.{p}", fpn + "fpn_lateral{j}.{p}", offset=first),
+        _Rule("neck.fpn_convs.{i}.conv.{p}", fpn + "fpn_output{j}.{p}", index=f"[0-{levels - 1}]", offset=first),
     ]
-    rules += [(rf"neck\.fpn_convs\.(?P<i>[0-{num_levels - 1}])\.conv\.(?P<p>weight|bias)", "{fpn}fpn_output{i+first}.{p}")]
-    if layout.detector == "retinanet":
+    if retinanet:
         rules += [
-            (rf"neck\.fpn_convs\.{num_levels}\.conv\.(?P<p>weight|bias)", "{fpn}top_block.p6.{p}"),
-            (rf"neck\.fpn_convs\.{num_levels + 1}\.conv\.(?P<p>weight|bias)", "{fpn}top_block.p7.{p}"),
-            (r"bbox_head\.cls_convs\.(?P<i>\d+)\.conv\.(?P<p>weight|bias)", "head.cls_subnet.{2i}.{p}"),
-            (r"bbox_head\.reg_convs\.(?P<i>\d+)\.conv\.(?P<p>weight|bias)", "head.bbox_subnet.{2i}.{p}"),
-            (r"bbox_head\.retina_cls\.(?P<p>weight|bias)", "head.cls_score.{p}"),
-            (r"bbox_head\.retina_reg\.(?P<p>weight|bias)", "head.bbox_pred.{p}"),
+            _Rule(f"neck.fpn_convs.{levels}.conv.{{p}}", fpn + "top_block.p6.{p}"),
+            _Rule(f"neck.fpn_convs.{levels + 1}.conv.{{p}}", fpn + "top_block.p7.{p}"),
+            # Detectron2's conv towers interleave the ReLUs: conv k is module 2k.
+            _Rule("bbox_head.cls_convs.{i}.conv.{p}", "head.cls_subnet.{j}.{p}", scale=2),
+            _Rule("bbox_head.reg_convs.{i}.conv.{p}", "head.bbox_subnet.{j}.{p}", scale=2),
+            _Rule("bbox_head.retina_cls.{p}", "head.cls_score.{p}"),
+            _Rule("bbox_head.retina_reg.{p}", "head.bbox_pred.{p}"),
         ]
     else:
         rules += [
-            (r"rpn_head\.rpn_conv\.(?P<p>weight|bias)", "proposal_generator.rpn_head.conv.{p}"),
-            (r"rpn_head\.rpn_cls\.(?P<p>weight|bias)", "proposal_generator.rpn_head.objectness_logits.{p}"),
-            (r"rpn_head\.rpn_reg\.(?P<p>weight|bias)", "proposal_generator.rpn_head.anchor_deltas.{p}"),
-            (r"roi_head\.bbox_head\.shared_fcs\.(?P<i>[01])\.(?P<p>weight|bias)", "roi_heads.box_head.fc{i+1}.{p}"),
-            (r"roi_head\.bbox_head\.fc_cls\.(?P<p>weight|bias)", "roi_heads.box_predictor.cls_score.{p}"),
-            (r"roi_head\.bbox_head\.fc_reg\.(?P<p>weight|bias)", "roi_heads.box_predictor.bbox_pred.{p}"),
-            (r"roi_head\.mask_head\.convs\.(?P<i>\d+)\.conv\.(?P<p>weight|bias)", "roi_heads.mask_head.mask_fcn{i+1}.{p}"),
-            (r"roi_head\.mask_head\.upsample\.(?P<p>weight|bias)", "roi_heads.mask_head.deconv.{p}"),
-            (r"roi_head\.mask_head\.conv_logits\.(?P<p>weight|bias)", "roi_heads.mask_head.predictor.{p}"),
+            _Rule("rpn_head.rpn_conv.{p}", "proposal_generator.rpn_head.conv.{p}"),
+            _Rule("rpn_head.rpn_cls.{p}", "proposal_generator.rpn_head.objectness_logits.{p}"),
+            _Rule("rpn_head.rpn_reg.{p}", "proposal_generator.rpn_head.anchor_deltas.{p}"),
+            _Rule("roi_head.bbox_head.shared_fcs.{i}.{p}", "roi_heads.box_head.fc{j}.{p}", index="[01]", offset=1),
+            _Rule("roi_head.bbox_head.fc_cls.{p}", "roi_heads.box_predictor.cls_score.{p}"),
+            _Rule("roi_head.bbox_head.fc_reg.{p}", "roi_heads.box_predictor.bbox_pred.{p}"),
+            _Rule("roi_head.mask_head.convs.{i}.conv.{p}", "roi_heads.mask_head.mask_fcn{j}.{p}", offset=1),
+            _Rule("roi_head.mask_head.upsample.{p}", "roi_heads.mask_head.deconv.{p}"),
+            _Rule("roi_head.mask_head.conv_logits.{p}", "roi_heads.mask_head.predictor.{p}"),
         ]
     if layout.denseclip:
         rules += [
-            (r"contexts", "text_side.prompt_encoder.context"),
-            (r"gamma", "text_side.gamma"),
-            (r"text_encoder\.(?P<rest>.+)", "text_side.prompt_encoder.clip_text.{rest}"),
-            (r"context_decoder\.(?P<rest>.+)", "text_side.context_decoder.{rest}"),
+            _Rule("contexts", "text_side.prompt_encoder.context"),
+            _Rule("gamma", "text_side.gamma"),
+            _Rule("text_encoder.{rest}", "text_side.prompt_encoder.clip_text.{rest}"),
+            _Rule("context_decoder.{rest}", "text_side.context_decoder.{rest}"),
         ]
     return rules
 
 
-def _prefixes(layout: ReferenceLayout) -> Dict[str, str]:
-    if layout.denseclip:
-        return {"enc": "backbone.visual.", "fpn": "fpn."}
-    return {"enc": "backbone.bottom_up.visual.", "fpn": "backbone."}
+def _template_regex(template: str, index: str) -> "re.Pattern[str]":
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    regex = "".join(
+        re.escape(part) if k % 2 == 0 else f"(?P<{part}>{index if part == 'i' else _FIELD_PATTERNS[part]})"
+        for k, part in enumerate(parts)
+    )
+    return re.compile(regex)
 
 
-def _fill(template: str, groups: Dict[str, str], layout: ReferenceLayout) -> str:
-    first = 3 if layout.detector == "retinanet" else 2
-    values = dict(_prefixes(layout), **groups)
+class _NameMap:
+    """The rules of a layout, compiled once, translating names in either direction."""
 
-    def field(m: "re.Match[str]") -> str:
-        expr = m.group(1)
-        if expr == "i+first":
-            return str(int(values["i"]) + first)
-        if expr == "i+1":
-            return str(int(values["i"]) + 1)
-        if expr == "2i":
-            return str(2 * int(values["i"]))
-        return values[expr]
+    def __init__(self, layout: ReferenceLayout) -> None:
+        self.rules = [(rule, _template_regex(rule.ref, rule.index), _template_regex(rule.ours, rule.index))
+                      for rule in _rules(layout)]
 
-    return re.sub(r"\{([^}]+)\}", field, template)
+    def to_ours(self, ref_name: str) -> Optional[str]:
+        for rule, ref_regex, _ in self.rules:
+            m = ref_regex.fullmatch(ref_name)
+            if m:
+                fields = m.groupdict()
+                if "i" in fields:
+                    fields["j"] = str(rule.scale * int(fields["i"]) + rule.offset)
+                return rule.ours.format(**fields)
+        return None
+
+    def to_reference(self, our_name: str) -> Optional[str]:
+        for rule, _, our_regex in self.rules:
+            m = our_regex.fullmatch(our_name)
+            if not m:
+                continue
+            fields = m.groupdict()
+            if "j" in fields:
+                i, remainder = divmod(int(fields["j"]) - rule.offset, rule.scale)
+                if remainder or i < 0 or not re.fullmatch(rule.index, str(i)):
+                    continue
+                fields["i"] = str(i)
+            return rule.ref.format(**fields)
+        return None
 
 
-def _tensor_transform(our_name: str, layout: ReferenceLayout, perm: Sequence[int]) -> Optional[Callable[[torch.Tensor, str], torch.Tensor]]:
+def _to_our_tensor(tensor: torch.Tensor, our_name: str, ref_name: str, layout: ReferenceLayout,
+                   perm: Sequence[int]) -> torch.Tensor:
     if layout.detector == "retinanet" and our_name.startswith(("head.cls_score.", "head.bbox_pred.")):
-        return lambda t, name: _permute_anchor_blocks(t, perm, name)
+        return _permute_anchor_blocks(tensor, perm, ref_name)
     if our_name == "text_side.prompt_encoder.context":
-        def squeeze(t: torch.Tensor, name: str) -> torch.Tensor:
-            if t.dim() != 3 or t.shape[0] != 1:
-                raise ReferenceCheckpointError(f"{name}: expected 1 x n_context x width, got {tuple(t.shape)}")
-            return t[0]
-        return squeeze
-    return None
+        if tensor.dim() != 3 or tensor.shape[0] != 1:
+            raise ReferenceCheckpointError(f"{ref_name}: expected 1 x n_context x width, got {tuple(tensor.shape)}")
+        return tensor[0]
+    return tensor
+
+
+def _to_reference_tensor(tensor: torch.Tensor, our_name: str, layout: ReferenceLayout, perm: Sequence[int]) -> torch.Tensor:
+    if layout.detector == "retinanet" and our_name.startswith(("head.cls_score.", "head.bbox_pred.")):
+        return _permute_anchor_blocks(tensor, _inverse(perm), our_name)
+    if our_name == "text_side.prompt_encoder.context":
+        return tensor.unsqueeze(0)
+    return tensor
 
 
 def _required(layout: ReferenceLayout) -> List[str]:
@@ -188,17 +228,15 @@ def convert_reference_state_dict(
     if missing:
         raise ReferenceCheckpointError(f"reference {layout.detector} checkpoint lacks tensor(s): {', '.join(missing)}")
     perm = retinanet_anchor_permutation(num_scales, num_ratios)
-    rules = [(re.compile(pattern), template) for pattern, template in _rules(layout)]
+    names = _NameMap(layout)
     converted: Dict[str, torch.Tensor] = {}
     unknown: List[str] = []
     for name, tensor in state_dict.items():
-        match = next(((m, template) for regex, template in rules if (m := regex.fullmatch(name))), None)
-        if match is None:
+        ours = names.to_ours(name)
+        if ours is None:
             unknown.append(name)
             continue
-        ours = _fill(match[1], match[0].groupdict(), layout)
-        transform = _tensor_transform(ours, layout, perm)
-        converted[ours] = transform(tensor, name) if transform else tensor
+        converted[ours] = _to_our_tensor(tensor, ours, name, layout, perm)
     if unknown:
         raise ReferenceCheckpointError(
             f"reference {layout.detector} checkpoint has {len(unknown)} tensor(s) this converter does not know: "
@@ -212,63 +250,12 @@ def to_reference_state_dict(
 ) -> Dict[str, torch.Tensor]:
     """The inverse of :func:`convert_reference_state_dict`: a model state dict of this project (a
     paper config) in the reference's names and tensor layouts."""
-    inverse = _inverse(retinanet_anchor_permutation(num_scales, num_ratios))
+    perm = retinanet_anchor_permutation(num_scales, num_ratios)
+    names = _NameMap(layout)
     out: Dict[str, torch.Tensor] = {}
-    ours_to_ref = _our_name_patterns(layout)
     for name, tensor in state_dict.items():
-        for our_regex, make_ref in ours_to_ref:
-            m = our_regex.fullmatch(name)
-            if m:
-                ref_name = make_ref(m)
-                if layout.detector == "retinanet" and name.startswith(("head.cls_score.", "head.bbox_pred.")):
-                    tensor = _permute_anchor_blocks(tensor, inverse, name)
-                if name == "text_side.prompt_encoder.context":
-                    tensor = tensor.unsqueeze(0)
-                out[ref_name] = tensor
-                break
-        else:
+        ref_name = names.to_reference(name)
+        if ref_name is None:
             raise ReferenceCheckpointError(f"'{name}' has no counterpart in the reference {layout.detector} layout")
+        out[ref_name] = _to_reference_tensor(tensor, name, layout, perm)
     return out
-
-
-def _our_name_patterns(layout: ReferenceLayout) -> List[Tuple["re.Pattern[str]", Callable[["re.Match[str]"], str]]]:
-    """Regexes over our names, each with the function that writes the reference name."""
-    p = _prefixes(layout)
-    first = 3 if layout.detector == "retinanet" else 2
-    enc, fpn = re.escape(p["enc"]), re.escape(p["fpn"])
-    pats: List[Tuple[str, Callable[["re.Match[str]"], str]]] = [
-        (rf"{enc}(?P<rest>.+)", lambda m: f"backbone.{m['rest']}"),
-        (rf"{fpn}fpn_lateral(?P<i>\d)\.(?P<p>weight|bias)", lambda m: f"neck.lateral_convs.{int(m['i']) - first}.conv.{m['p']}"),
-        (rf"{fpn}fpn_output(?P<i>\d)\.(?P<p>weight|bias)", lambda m: f"neck.fpn_convs.{int(m['i']) - first}.conv.{m['p']}"),
-    ]
-    if layout.detector == "retinanet":
-        pats += [
-            (rf"{fpn}top_block\.p6\.(?P<p>weight|bias)", lambda m: f"neck.fpn_convs.3.conv.{m['p']}"),
-            (rf"{fpn}top_block\.p7\.(?P<p>weight|bias)", lambda m: f"neck.fpn_convs.4.conv.{m['p']}"),
-            (r"head\.cls_subnet\.(?P<i>\d+)\.(?P<p>weight|bias)", lambda m: f"bbox_head.cls_convs.{int(m['i']) // 2}.conv.{m['p']}"),
-            (r"head\.bbox_subnet\.(?P<i>\d+)\.(?P<p>weight|bias)", lambda m: f"bbox_head.reg_convs.{int(m['i']) // 2}.conv.{m['p']}"),
-            (r"head\.cls_score\.(?P<p>weight|bias)", lambda m: f"bbox_head.retina_cls.{m['p']}"),
-            (r"head\.bbox_pred\.(?P<p>weight|bias)", lambda m: f"bbox_head.retina_reg.{m['p']}"),
-        ]
-    else:
-        pats += [
-            (r"proposal_generator\.rpn_head\.conv\.(?P<p>weight|bias)", lambda m: f"rpn_head.rpn_conv.{m['p']}"),
-            (r"proposal_generator\.rpn_head\.objectness_logits\.(?P<p>weight|bias)", lambda m: f"rpn_head.rpn_cls.{m['p']}"),
-            (r"proposal_generator\.rpn_head\.anchor_deltas\.(?P<p>weight|bias)", lambda m: f"rpn_head.rpn_reg.{m['p']}"),
-            (r"roi_heads\.box_head\.fc(?P<i>[12])\.(?P<p>weight|bias)",
-             lambda m: f"roi_head.bbox_head.shared_fcs.{int(m['i']) - 1}.{m['p']}"),
-            (r"roi_heads\.box_predictor\.cls_score\.(?P<p>weight|bias)", lambda m: f"roi_head.bbox_head.fc_cls.{m['p']}"),
-            (r"roi_heads\.box_predictor\.bbox_pred\.(?P<p>weight|bias)", lambda m: f"roi_head.bbox_head.fc_reg.{m['p']}"),
-            (r"roi_heads\.mask_head\.mask_fcn(?P<i>\d)\.(?P<p>weight|bias)",
-             lambda m: f"roi_head.mask_head.convs.{int(m['i']) - 1}.conv.{m['p']}"),
-            (r"roi_heads\.mask_head\.deconv\.(?P<p>weight|bias)", lambda m: f"roi_head.mask_head.upsample.{m['p']}"),
-            (r"roi_heads\.mask_head\.predictor\.(?P<p>weight|bias)", lambda m: f"roi_head.mask_head.conv_logits.{m['p']}"),
-        ]
-    if layout.denseclip:
-        pats += [
-            (r"text_side\.prompt_encoder\.context", lambda m: "contexts"),
-            (r"text_side\.gamma", lambda m: "gamma"),
-            (r"text_side\.prompt_encoder\.clip_text\.(?P<rest>.+)", lambda m: f"text_encoder.{m['rest']}"),
-            (r"text_side\.context_decoder\.(?P<rest>.+)", lambda m: f"context_decoder.{m['rest']}"),
-        ]
-    return [(re.compile(pattern), make) for pattern, make in pats]
