@@ -160,3 +160,15 @@ def test_stale_class_names_of_another_size_are_an_error(tmp_path):
     cfg = build_config(f"configs/{LANGUAGE}", opts[:-1] + [renamed] + ["DATASETS.TEST", ()], dataset_specs=[spec],
                        check_datasets=True)
     assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == renamed
+
+
+def test_vocabulary_swap_after_loading_starts_from_the_loaded_weights(tmp_path):
+    trained = tiny_model(LANGUAGE, ["cat", "dog"])
+    path = save(trained, tmp_path / "model_final.pth")
+    model = tiny_model(LANGUAGE, ["cat", "dog"], 1)
+    model.set_vocabulary(["sofa"])  # keeps the weights of its own (random) build as the base
+    model.set_vocabulary(["cat", "dog"])
+    AtomicDetectionCheckpointer(model).load(path)
+    model.set_vocabulary(["dog", "sofa"])
+    assert torch.equal(column(model, "dog"), column(trained, "dog"))
+    torch.testing.assert_close(column(model, "sofa"), (column(trained, "cat") + column(trained, "dog")) / 2)

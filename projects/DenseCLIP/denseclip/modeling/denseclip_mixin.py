@@ -200,7 +200,7 @@ class DenseCLIPMetaArchMixin:
         vocabulary = self.text_side.vocabulary
         if list(checkpoint_vocabulary) == vocabulary:
             return []
-        current = self.state_dict()
+        current = self.state_dict() if fresh_new_classes else {}
         for name, where in self.vocabulary_dependent_parameters().items():
             if name in state_dict and where.num_classes(state_dict[name]) == len(checkpoint_vocabulary):
                 fill = current[name] if fresh_new_classes else None
@@ -212,4 +212,6 @@ class DenseCLIPMetaArchMixin:
         # Checkpoints of the first layout load into this one (keys renamed, as PointRend does).
         if upgrade_state_dict_layout(state_dict, prefix):
             logger.info("Checkpoint of the first DenseCLIP layout: parameter names upgraded")
+        # The loaded weights are the new base of vocabulary swaps (those kept before are stale).
+        self._base_vocabulary, self._base_tensors = None, {}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
