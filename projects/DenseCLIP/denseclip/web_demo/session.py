@@ -194,8 +194,8 @@ class WebDemoSession:
             raise WebDemoInputError(f"unknown drawing {drawing!r}; choose one of {', '.join(DRAWINGS)}")
         if not image_path:
             raise WebDemoInputError("no image: upload one, take one with the webcam or pick an example")
+        image, note = self.read_image(image_path)  # first: a refused request changes nothing
         changed = False if self.vocabulary_is_fixed else self.set_vocabulary(vocabulary)
-        image, note = self.read_image(image_path)
         prediction, cached = self._predict(image)
         threshold = float(threshold)
 
