@@ -19,4 +19,9 @@ setup(
         "pycocotools==2.0.11",
         "opencv-python-headless==4.12.0.88",
     ],
+    extras_require={
+        # The web demo (python demo.py --web); scripts/setup.sh installs it with the exact versions
+        # of its dependencies from requirements/web.txt.
+        "web": ["gradio==6.31.0", "gradio_client==2.7.2"],
+    },
 )
