@@ -25,8 +25,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def outbound():
+    """Network destinations other than this machine that the process looks up or connects to."""
+    seen = []
+    getaddrinfo, connect = socket.getaddrinfo, socket.socket.connect
+
+    def recording_getaddrinfo(host, *args, **kwargs):
+        if host not in LOOPBACK:
+            seen.append(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    def recording_connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in LOOPBACK:
+            seen.append(address)
+        return connect(sock, address)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+        patch.setattr(socket.socket, "connect", recording_connect)
+        yield seen
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, outbound):
     """The app of ``demo.py --web`` (its argument parser and model building) served on 127.0.0.1."""
     from denseclip.web_demo.app import build_app, create_session, example_images, get_parser, launch
 
@@ -72,7 +97,7 @@ def assert_same_detections(table_rows, reference_rows, some=True):
         np.testing.assert_allclose([float(v) for v in got[1:]], want[1:], atol=0.051)  # rounded on the page
 
 
-def test_gradio_client_gets_the_predictors_detections(served, photo, tmp_path):
+def test_gradio_client_gets_the_predictors_detections(served, outbound, photo, tmp_path):
     from gradio_client import Client, handle_file
 
     url, session, examples = served
@@ -112,6 +137,7 @@ def test_gradio_client_gets_the_predictors_detections(served, photo, tmp_path):
     assert session.class_names[-1] == "tv monitor"  # a refused vocabulary changes nothing
     _, table, _, _ = detect(examples[0], VOCABULARY)
     assert_same_detections(table["data"], predictor_rows(session.predictor, examples[0], THRESHOLD))
+    assert outbound == []  # local only: no telemetry, version check, share link or hub call
 
 
 def test_text_is_encoded_once_per_vocabulary_and_drawings(photo, tmp_path):
