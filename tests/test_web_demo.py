@@ -138,6 +138,7 @@ def test_gradio_client_gets_the_predictors_detections(served, outbound, photo, t
     _, table, _, _ = detect(examples[0], VOCABULARY)
     assert_same_detections(table["data"], predictor_rows(session.predictor, examples[0], THRESHOLD))
     assert outbound == []  # local only: no telemetry, version check, share link or hub call
+    assert not list((REPO_ROOT / "projects").rglob("*.pyi"))  # Gradio writes stubs for component subclasses
 
 
 def test_text_is_encoded_once_per_vocabulary_and_drawings(photo, tmp_path):

@@ -21,6 +21,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402 - after switching its telemetry off
 import pandas as pd  # noqa: E402 - a Gradio dependency: the table's value
 
+from ..demo_cli import DemoError, setup_cfg  # noqa: E402
 from ..predictor import VOCABULARY_PRESETS, DenseCLIPPredictor  # noqa: E402
 from .session import (  # noqa: E402
     DRAW_DETECTIONS,
@@ -42,20 +43,23 @@ _THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 _THEME_MONO = ["ui-monospace", "monospace"]
 
 
-class _ImageInput(gr.Image):
-    """``gr.Image`` (same page component: a template) whose undecodable uploads reach the handler
-    as their file path instead of failing in Gradio's preprocessing, so that the page says what is
-    wrong with the file instead of a bare "Error"."""
+def _pass_undecodable_uploads(image: gr.Image) -> gr.Image:
+    """Let uploads that Gradio's preprocessing cannot open reach the handler as their file path, so
+    that the page says what is wrong with the file (WebDemoSession.read_image) instead of a bare
+    "Error". Wraps this one component's method: a subclass of a Gradio component would make Gradio
+    write a .pyi stub next to this file."""
+    preprocess = image.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def tolerant_preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception:  # noqa: BLE001 - WebDemoSession.read_image gives the reason
             if payload is None or payload.path is None:
                 raise
             return str(payload.path)
+
+    image.preprocess = tolerant_preprocess
+    return image
 
 
 def example_images(folder: str, count: int = 3, size: int = 384) -> List[str]:
@@ -95,8 +99,8 @@ def build_app(session: WebDemoSession, examples: Sequence[str] = (), vocabulary:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = _ImageInput(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"],
-                                    elem_id="input-image")
+                image = _pass_undecodable_uploads(gr.Image(label="Image", type="filepath", elem_id="input-image",
+                                                           sources=["upload", "webcam", "clipboard"]))
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (synthetic shapes)")
                 vocabulary_box = gr.Textbox(
@@ -174,8 +178,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 def create_session(args: argparse.Namespace) -> WebDemoSession:
     """The model of parsed ``get_parser()`` arguments, built once for all requests."""
-    from ..demo_cli import setup_cfg
-
     model_args = argparse.Namespace(config_file=args.config_file, opts=args.opts, cpu=args.cpu,
                                     confidence_threshold=MODEL_SCORE_FLOOR)
     predictor = DenseCLIPPredictor(setup_cfg(model_args), vocabulary=args.vocabulary)
@@ -189,5 +191,8 @@ def serve(args: argparse.Namespace) -> int:
     examples = example_images(args.examples_dir)
     app = build_app(session, examples, vocabulary=args.vocabulary, threshold=args.confidence_threshold)
     logger.info("DenseCLIP web demo on http://%s:%d (Ctrl+C stops it)", args.host, args.port)
-    launch(app, args.host, args.port, allowed_paths=[args.examples_dir], block=True)
+    try:
+        launch(app, args.host, args.port, allowed_paths=[args.examples_dir], block=True)
+    except OSError as e:  # Gradio's "Cannot find empty port in range: ..."
+        raise DemoError(f"cannot serve on {args.host}:{args.port} ({e}); give another --port or --host") from e
     return 0
