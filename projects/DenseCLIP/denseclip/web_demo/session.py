@@ -53,7 +53,8 @@ class WebDemoInputError(ValueError):
 
 @dataclass
 class WebDemoResult:
-    """One request's answer: the drawing (RGB uint8, None on error), the detections as rows of
+    """One request's answer: the drawing (RGB uint8, None on error), the detections (for a
+    segmentation model: the classes present, with their mean probability and extent) as rows of
     ``TABLE_HEADERS`` (boxes in original image pixels), the classes the heat map can show
     (highest peak first), and the message for the page (timings, or what was wrong)."""
 
@@ -200,27 +201,25 @@ class WebDemoSession:
         threshold = float(threshold)
 
         draw_start = time.perf_counter()
-        rows: List[List] = []
         if "instances" in prediction.predictions:
             instances = prediction.predictions["instances"].to("cpu")
             instances = instances[instances.scores >= threshold]
             names = self.class_names
-            for box, score, label in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
-                                         instances.pred_classes.tolist()):
-                rows.append([names[label], round(score, 3), *(round(v, 1) for v in box)])
-            shown = {"instances": instances}
-        else:
-            shown = {}
+            rows = [[names[label], round(score, 3), *(round(v, 1) for v in box)] for box, score, label in
+                    zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())]
+            summary = f"**{len(rows)} detection(s)** with score ≥ {threshold:.2f}"
+        else:  # a segmentation model: one row per class present, its mean probability and extent
+            rows = _segment_rows(*self._pixel_labels(prediction, threshold))
+            summary = f"**{len(rows)} class(es) segmented** with probability ≥ {threshold:.2f}"
         if drawing == DRAW_DETECTIONS and "instances" in prediction.predictions:
-            drawn = draw_predictions(image, shown, self.predictor.metadata)[:, :, ::-1]
+            drawn = draw_predictions(image, {"instances": instances}, self.predictor.metadata)[:, :, ::-1]
         elif drawing == DRAW_SCORE_MAP:
             drawn = self._heat_map(image, prediction, score_map_class)
         else:  # the semantic map, also what "detections" draws for a segmentation model
-            drawn = self._semantic_map(image, prediction, threshold)
+            drawn = self._semantic_map(image, *self._pixel_labels(prediction, threshold))
         seconds = time.perf_counter()
         parts = [
-            f"**{len(rows)} detection(s)** with score ≥ {threshold:.2f}" if "instances" in prediction.predictions
-            else "**semantic segmentation**",
+            summary,
             f"model {prediction.seconds:.2f} s" + (" (same image and vocabulary: not recomputed)" if cached else ""),
             f"drawing {seconds - draw_start:.2f} s",
             f"total {seconds - start:.2f} s",
@@ -263,21 +262,21 @@ class WebDemoSession:
         label = f"{prediction.map_names[index]} (max {probability.max():.2f})"
         return score_map_overlay(image, probability, label=label)[:, :, ::-1]
 
-    def _semantic_map(self, image: np.ndarray, prediction: _Prediction, threshold: float) -> np.ndarray:
-        """A label per pixel drawn by Visualizer.draw_sem_seg: a segmentation model's ``sem_seg``,
-        else the best of the score maps; pixels whose best probability is under ``threshold``
-        stay undrawn."""
+    def _pixel_labels(self, prediction: _Prediction, threshold: float) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """A label per pixel (``IGNORE_LABEL`` where the best probability is under ``threshold``),
+        that probability and the labels' names: a segmentation model's ``sem_seg`` (softmax), else
+        the best of the score maps."""
         if "sem_seg" in prediction.predictions:
-            probabilities = prediction.predictions["sem_seg"].float().softmax(dim=0)
-            best, labels = probabilities.max(dim=0)
-            best, labels = best.cpu().numpy(), labels.cpu().numpy()
-            names = self.class_names
+            best, labels = prediction.predictions["sem_seg"].float().softmax(dim=0).max(dim=0)
+            best, labels, names = best.cpu().numpy(), labels.cpu().numpy(), self.class_names
         elif prediction.maps is not None:
-            best, labels = prediction.maps.max(axis=0), prediction.maps.argmax(axis=0)
-            names = prediction.map_names
+            best, labels, names = prediction.maps.max(axis=0), prediction.maps.argmax(axis=0), prediction.map_names
         else:
             raise WebDemoInputError("this model has no pixel-text score maps (a CLIP baseline without DenseCLIP's text side)")
-        labels = np.where(best >= threshold, labels, IGNORE_LABEL).astype(np.int64)
+        return np.where(best >= threshold, labels, IGNORE_LABEL).astype(np.int64), best, list(names)
+
+    def _semantic_map(self, image: np.ndarray, labels: np.ndarray, best: np.ndarray, names: List[str]) -> np.ndarray:
+        """The labels drawn by Visualizer.draw_sem_seg; a class keeps its colour whatever the image."""
         palette = colormap(rgb=True, maximum=255)
         index = {n: i for i, n in enumerate(self.class_names)}
         metadata = Metadata(name="denseclip_web_demo_semantic")
@@ -285,6 +284,17 @@ class WebDemoSession:
         metadata.stuff_colors = [tuple(int(c) for c in palette[index.get(n, i) % len(palette)]) for i, n in enumerate(names)]
         visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
         return visualizer.draw_sem_seg(labels, area_threshold=0).get_image()
+
+
+def _segment_rows(labels: np.ndarray, best: np.ndarray, names: List[str]) -> List[List]:
+    """Table rows of a semantic labelling, largest area first: class, mean probability, box."""
+    present, areas = np.unique(labels[labels != IGNORE_LABEL], return_counts=True)
+    rows = []
+    for label in present[np.argsort(-areas, kind="stable")]:
+        ys, xs = np.nonzero(labels == label)
+        rows.append([names[label], round(float(best[ys, xs].mean()), 3),
+                     float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+    return rows
 
 
 def _shorten(names: Sequence[str], limit: int = 30) -> str:
