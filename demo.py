@@ -35,7 +35,9 @@ def main(argv=None) -> int:
             return 2
         args = get_web_parser().parse_args(argv)
     else:
-        args = get_parser().parse_args(argv)
+        parser = get_parser()
+        parser.epilog = "The local web page (Gradio): python demo.py --web --config-file FILE [--port 7860]; see demo.py --web --help."
+        args = parser.parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger()  # detectron2
     setup_logger(name="denseclip", abbrev_name="denseclip")

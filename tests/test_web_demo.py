@@ -225,3 +225,30 @@ def test_browser_shows_a_result_after_uploading_a_photo(served, photo, tmp_path)
                                   " && document.querySelector('#status').innerText")
         assert "Vocabulary" in status and "Error" not in status
         assert browser.screenshot(str(tmp_path / "page.png"))[0] > 0
+
+
+def run_demo_script(argv):
+    """demo.py's main() in this process: its exit code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO_ROOT / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in argv])
+
+
+def test_demo_script_dispatches_web(monkeypatch, capsys):
+    import denseclip.web_demo.app as web_app
+
+    served_args = []
+    monkeypatch.setattr(web_app, "serve", lambda args: served_args.append(args) or 0)
+    config = REPO_ROOT / "configs" / SYNTHETIC
+    assert run_demo_script(["--config-file", config, "--web", "--port", "7999", "--opts", "MODEL.WEIGHTS", "--web"]) == 0
+    (args,) = served_args
+    assert (args.host, args.port, args.opts) == ("127.0.0.1", 7999, ["MODEL.WEIGHTS", "--web"])  # --web after --opts is a value
+    with pytest.raises(SystemExit):
+        run_demo_script(["--web", "--config-file", config, "--input", "a.jpg"])  # the web page takes no --input
+    assert "unrecognized arguments: --input a.jpg" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_demo_script(["--help"])
+    assert "python demo.py --web --config-file FILE" in " ".join(capsys.readouterr().out.split())
