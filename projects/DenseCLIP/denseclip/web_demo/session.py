@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import warnings
@@ -112,7 +113,7 @@ class WebDemoSession:
     @property
     def fixed_vocabulary_note(self) -> str:
         head = self.predictor.cfg.MODEL.DENSECLIP.HEAD
-        return (f"This model detects a fixed set of {len(self.class_names)} classes (MODEL.DENSECLIP.HEAD '{head}', "
+        return (f"This model has a fixed set of {len(self.class_names)} classes (MODEL.DENSECLIP.HEAD '{head}', "
                 "one learned classifier per training class): the vocabulary cannot be changed. Models with the "
                 "language-guided heads (configs named *_denseclip_language_*) take any vocabulary.")
 
@@ -144,7 +145,7 @@ class WebDemoSession:
     def read_image(self, path: str) -> Tuple[np.ndarray, str]:
         """The BGR image of an uploaded file and a note ("" or how it was scaled down). Files that
         are not images, or have more than ``max_image_pixels`` pixels, raise WebDemoInputError."""
-        name = str(path).rsplit("/", 1)[-1]
+        name = os.path.basename(str(path))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
