@@ -3,8 +3,9 @@
 ``demo.py --web`` on a free local port, uploads an image in headless Chromium, waits for the
 drawing and writes a small PNG of the page.
 
+    python -c "from denseclip.data import generate_synthetic_dataset as g; g('/tmp/shapes640', 1, 8, 640, seed=5)"
     python tools/web_demo_screenshot.py --config-file configs/Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml \
-        --image datasets/synthetic_shapes/val/000004.jpg --output docs/web_demo.png \
+        --image /tmp/shapes640/val/000006.jpg --output docs/web_demo.png \
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 """
 import argparse
