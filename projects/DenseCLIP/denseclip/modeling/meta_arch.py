@@ -1,6 +1,8 @@
 """DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the CLIP image
 encoder, with the DenseCLIP text side and an FPN over image features + score maps
-(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`).
+(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`). Their ``from_config`` is
+Detectron2's, run on the registered DenseCLIP backbone (``modeling/denseclip_backbone.py``) with
+the vocabulary's class count; their forward passes add the text to the heads and the pixel-text loss.
 
 Model layout (parameter name prefixes):
     backbone.    CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -14,11 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.modeling import (
-    META_ARCH_REGISTRY,
-    GeneralizedRCNN,
-    RetinaNet,
-)
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.structures import Instances
 
 from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding

@@ -96,10 +96,10 @@ class DenseCLIPTextSide(nn.Module):
         """
         if self.training and self._text_is_learnable() and torch.is_grad_enabled():
             self._drop_text_cache()
-            return self.prompt_encoder.encode(self._tokens)
+            return self.prompt_encoder(self._tokens)
         if self.text_embeddings_cache.numel() == 0:
             with torch.no_grad():
-                self.text_embeddings_cache = self.prompt_encoder.encode(self._tokens)
+                self.text_embeddings_cache = self.prompt_encoder(self._tokens)
         return self.text_embeddings_cache
 
     def refine_text(self, text: torch.Tensor, global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from typing import List, NamedTuple, Sequence, Set
+from typing import NamedTuple, Sequence, Set, Union
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
@@ -332,10 +332,11 @@ class PromptTextEncoder(nn.Module):
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
         return self.clip_text(embeddings, tokens.eot_index, tokens.shared_prefix)
 
-    def forward(self, class_names: List[str]) -> torch.Tensor:
-        """Text embeddings of ``class_names``, K x embed_dim, not normalised (tokenized, then
-        :meth:`encode`d). The text side tokenizes once per vocabulary and calls :meth:`encode`."""
-        return self.encode(self.prompt_tokens(class_names))
+    def forward(self, prompts: Union[Sequence[str], "PromptTokens"]) -> torch.Tensor:
+        """Text embeddings, K x embed_dim, not normalised, of class names (tokenized here) or of
+        prompts tokenized beforehand (:meth:`prompt_tokens`: the text side tokenizes once per
+        vocabulary)."""
+        return self.encode(prompts if isinstance(prompts, PromptTokens) else self.prompt_tokens(prompts))
 
 
 class PromptTokens(NamedTuple):
