@@ -55,14 +55,16 @@ def denseclip_options(cfg: CfgNode) -> Dict[str, Any]:
     }
 
 
-def detectron2_arguments(d2_from_config: Callable[[CfgNode], Dict], cfg: CfgNode, head_key: str) -> Dict[str, Any]:
-    """Detectron2's ``from_config`` of the base meta-architecture (GeneralizedRCNN, RetinaNet) for
-    a DenseCLIP config: the vocabulary (:func:`vocabulary_from_config`) is written into the config
-    the heads are built with (MODEL.DENSECLIP.CLASS_NAMES and ``head_key``, the heads' NUM_CLASSES),
+def detectron2_arguments(d2_from_config: Callable[[CfgNode], Dict], cfg: CfgNode, num_classes_key: str,
+                         kind: str = "thing") -> Dict[str, Any]:
+    """Detectron2's ``from_config`` of the base meta-architecture (GeneralizedRCNN, RetinaNet, ...)
+    for a DenseCLIP config: the vocabulary (:func:`vocabulary_from_config` with ``kind``, "thing" or
+    "stuff") is written into the config the parts and heads are built with
+    (MODEL.DENSECLIP.CLASS_NAMES, and ``num_classes_key``, the heads' NUM_CLASSES: its size);
     MODEL.BACKBONE.NAME builds a :class:`DenseCLIPBackbone`, so Detectron2's heads are built on the
-    fused FPN's shapes, and that backbone is taken apart into the model's ``backbone`` (the CLIP
+    fused FPN's shapes; and that backbone is taken apart into the model's ``backbone`` (the CLIP
     image encoder), ``text_side`` and ``fpn``."""
-    cfg = config_for_vocabulary(cfg, vocabulary_from_config(cfg), head_key)
+    cfg = config_for_vocabulary(cfg, vocabulary_from_config(cfg, kind), num_classes_key)
     ret = d2_from_config(cfg)
     features = ret["backbone"]
     if not isinstance(features, DenseCLIPBackbone):
