@@ -114,9 +114,8 @@ def test_no_forward_hook_in_the_package():
 
 
 def test_text_tokens_and_embeddings_are_cached_per_vocabulary(monkeypatch):
-    from detectron2.utils.events import EventStorage
-
     from conftest import synthetic_batch
+    from detectron2.utils.events import EventStorage
 
     model = build_model(plain_cfg(LANGUAGE_RETINANET, [*TINY, "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog", "sofa"]]))
     text_side = model.text_side
