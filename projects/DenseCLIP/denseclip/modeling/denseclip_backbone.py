@@ -20,8 +20,9 @@ from .fused_fpn import build_fused_fpn
 from .text_side import DenseCLIPTextSide
 from .vocabulary import vocabulary_from_config
 
-# MODEL.BACKBONE.NAME of the DenseCLIP meta-architectures: P2-P6 (R-CNN) or P3-P7 (RetinaNet).
-DENSECLIP_BACKBONES = ("build_denseclip_backbone", "build_denseclip_retinanet_backbone")
+# Registered builders (MODEL.BACKBONE.NAME) of a DenseCLIPBackbone, which the DenseCLIP
+# meta-architectures take apart: P2-P6 (R-CNN) or P3-P7 (RetinaNet). A new builder adds its name.
+DENSECLIP_BACKBONES = ["build_denseclip_backbone", "build_denseclip_retinanet_backbone"]
 
 
 class DenseCLIPParts(NamedTuple):

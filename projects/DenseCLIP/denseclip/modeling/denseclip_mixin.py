@@ -64,9 +64,11 @@ def detectron2_arguments(d2_from_config: Callable[[CfgNode], Dict], cfg: CfgNode
     MODEL.BACKBONE.NAME builds a :class:`DenseCLIPBackbone`, so Detectron2's heads are built on the
     fused FPN's shapes; and that backbone is taken apart into the model's ``backbone`` (the CLIP
     image encoder), ``text_side`` and ``fpn``."""
-    cfg = config_for_vocabulary(cfg, vocabulary_from_config(cfg, kind), num_classes_key)
-    ret = d2_from_config(cfg)
-    features = ret["backbone"]
+    features = None
+    if cfg.MODEL.BACKBONE.NAME in DENSECLIP_BACKBONES:  # checked first: Detectron2 builds heads on its shapes
+        cfg = config_for_vocabulary(cfg, vocabulary_from_config(cfg, kind), num_classes_key)
+        ret = d2_from_config(cfg)
+        features = ret["backbone"]
     if not isinstance(features, DenseCLIPBackbone):
         raise ValueError(
             f"{cfg.MODEL.META_ARCHITECTURE} reads the image encoder, text side and FPN of a DenseCLIP backbone: "
