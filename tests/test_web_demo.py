@@ -81,10 +81,14 @@ def write_png(path, array) -> str:
     return str(path)
 
 
-def predictor_rows(predictor, path, threshold):
+def read_bgr(path):
     from detectron2.data.detection_utils import read_image
 
-    instances = predictor(read_image(str(path), format="BGR"))["instances"]
+    return read_image(str(path), format="BGR")
+
+
+def predictor_rows(predictor, path, threshold):
+    instances = predictor(read_bgr(path))["instances"]
     instances = instances[instances.scores >= threshold]
     names = predictor.class_names
     return [[names[c], s, *b] for c, s, b in zip(instances.pred_classes.tolist(), instances.scores.tolist(),
@@ -182,6 +186,17 @@ def test_text_is_encoded_once_per_vocabulary_and_drawings(photo, tmp_path):
     heat = session.run(str(photo), VOCABULARY, THRESHOLD, "score map (heat map)", "dog")
     assert not heat.ok and "no score map of 'dog'" in heat.message
     assert not session.run(None, VOCABULARY, THRESHOLD).ok
+
+    # Score maps of all classes over the memory budget: computed on a smaller copy, resized back;
+    # the detections still come from the full image.
+    full_maps, names = session.predictor.score_maps(session.read_image(str(photo))[0], max_classes=3)
+    session.score_map_bytes = full_maps.nbytes // 4
+    session._last, calls = None, len(model_calls)
+    small = session.run(str(photo), VOCABULARY, THRESHOLD, "score map (heat map)")
+    assert len(model_calls) == calls + 2  # the full image for the detections, a half-size copy for the maps
+    assert small.detections == first.detections and small.score_map_classes == names
+    assert session._last.maps.shape == full_maps.shape
+    assert np.abs(session._last.maps - full_maps).mean() < 0.02  # smooth maps: close to the full-size ones
 
 
 def test_fixed_classes_disable_the_vocabulary_box(tmp_path):

@@ -87,16 +87,21 @@ class WebDemoSession:
             drawings and score maps stay a few hundred MB at most.
         max_score_maps: score maps of at most this many classes, those with the highest peak
             (the semantic map of a detector is their argmax; the heat map offers them).
+        score_map_bytes: the model returns the score maps of all K classes at the image's size
+            (K x H x W float32); when they would take more memory than this (e.g. the 1203 LVIS
+            classes: 1.5 GB at 640 x 480), they are computed on a copy of the image scaled down to
+            fit, and the kept ones resized back (the detections still come from the full image).
         config_file: the model's config file, named on the page.
     """
 
     def __init__(self, predictor: DenseCLIPPredictor, *, max_image_pixels: int = 50_000_000, max_side: int = 2048,
-                 max_score_maps: int = 16, config_file: str = ""):
+                 max_score_maps: int = 16, score_map_bytes: int = 512 << 20, config_file: str = ""):
         self.predictor = predictor
         self.config_file = config_file
         self.max_image_pixels = int(max_image_pixels)
         self.max_side = int(max_side)
         self.max_score_maps = int(max_score_maps)
+        self.score_map_bytes = int(score_map_bytes)
         self._lock = threading.Lock()
         self._last: Optional[_Prediction] = None
 
@@ -238,11 +243,18 @@ class WebDemoSession:
         if self._last is not None and self._last.key == key:
             return self._last, True
         start = time.perf_counter()
-        if self.has_score_maps:
+        h, w = image.shape[:2]
+        scale = (self.score_map_bytes / (4.0 * len(self.class_names) * h * w)) ** 0.5
+        if not self.has_score_maps:
+            predictions, maps, names = self.predictor.predict(image)[0], None, []
+        elif scale >= 1.0:
             predictions, (maps, names) = self.predictor.predict(image, with_score_maps=True,
                                                                 max_score_maps=self.max_score_maps)
-        else:
-            predictions, maps, names = self.predictor.predict(image)[0], None, []
+        else:  # the maps of all classes at full size would not fit: compute them smaller
+            predictions = self.predictor.predict(image)[0]
+            small = cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+            _, (maps, names) = self.predictor.predict(small, with_score_maps=True, max_score_maps=self.max_score_maps)
+            maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
         self._last = _Prediction(key, predictions, maps, list(names), time.perf_counter() - start)
         return self._last, False
 
