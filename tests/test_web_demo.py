@@ -212,8 +212,16 @@ def test_fixed_classes_disable_the_vocabulary_box(tmp_path):
     box = next(b for b in app.blocks.values() if isinstance(b, gr.Textbox) and b.elem_id == "vocabulary")
     assert box.interactive is False and box.value.startswith("person, bicycle")
     assert "fixed set of 80 classes" in box.info
-    result = session.run(write_png(tmp_path / "grey.png", np.full((64, 96, 3), 90, np.uint8)), "cat, dog", THRESHOLD)
+    grey = write_png(tmp_path / "grey.png", np.full((64, 96, 3), 90, np.uint8))
+    result = session.run(grey, "cat, dog", THRESHOLD)
     assert result.ok and len(session.class_names) == 80  # the box's text is not a vocabulary here
+
+    # A model whose outputs carry no score maps: served without them.
+    session.predictor.model.add_score_maps = lambda results, *args: results
+    session._last = None
+    assert session.run(grey, "", THRESHOLD).ok
+    heat = session.run(grey, "", THRESHOLD, "score map (heat map)")
+    assert not heat.ok and "returns no pixel-text score maps" in heat.message and not session.has_score_maps
     with pytest.raises(ValueError, match="fixed set of 80 classes"):
         session.set_vocabulary("cat, dog")
 

@@ -45,6 +45,7 @@ DRAW_SCORE_MAP = "score map (heat map)"
 DRAWINGS = (DRAW_DETECTIONS, DRAW_SEMANTIC, DRAW_SCORE_MAP)
 HIGHEST_SCORE_MAP = "(highest peak)"
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
+NO_SCORE_MAPS = "this model returns no pixel-text score maps (a CLIP baseline has none): draw the detections"
 IGNORE_LABEL = 255  # pixels of a semantic map whose best score is under the threshold: not drawn
 
 
@@ -104,6 +105,7 @@ class WebDemoSession:
         self.score_map_bytes = int(score_map_bytes)
         self._lock = threading.Lock()
         self._last: Optional[_Prediction] = None
+        self._outputs_score_maps = True
 
     # ------------------------------------------------------------------------------- the model
     @property
@@ -124,8 +126,9 @@ class WebDemoSession:
 
     @property
     def has_score_maps(self) -> bool:
-        """CLIP baselines have no text side, hence no pixel-text score maps."""
-        return hasattr(self.predictor.model, "text_side")
+        """CLIP baselines have no text side, hence no pixel-text score maps; a model whose outputs
+        turned out to carry none (it ignores ``return_score_maps``) is served without them."""
+        return hasattr(self.predictor.model, "text_side") and self._outputs_score_maps
 
     def set_vocabulary(self, text: str) -> bool:
         """Use the vocabulary ``text`` (comma-separated names or a preset name); True when it
@@ -245,23 +248,32 @@ class WebDemoSession:
         start = time.perf_counter()
         h, w = image.shape[:2]
         scale = (self.score_map_bytes / (4.0 * len(self.class_names) * h * w)) ** 0.5
-        if not self.has_score_maps:
+        maps, names = None, []
+        try:
+            if not self.has_score_maps:
+                predictions = self.predictor.predict(image)[0]
+            elif scale >= 1.0:
+                predictions, (maps, names) = self.predictor.predict(image, with_score_maps=True,
+                                                                    max_score_maps=self.max_score_maps)
+            else:  # the maps of all classes at full size would not fit: compute them smaller
+                predictions = self.predictor.predict(image)[0]
+                small = cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+                _, (maps, names) = self.predictor.predict(small, with_score_maps=True, max_score_maps=self.max_score_maps)
+                maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
+        except KeyError as e:
+            if e.args != ("score_maps",):
+                raise
+            logger.warning("%s returns no 'score_maps' when asked: serving it without score maps",
+                           type(self.predictor.model).__name__)
+            self._outputs_score_maps = False
             predictions, maps, names = self.predictor.predict(image)[0], None, []
-        elif scale >= 1.0:
-            predictions, (maps, names) = self.predictor.predict(image, with_score_maps=True,
-                                                                max_score_maps=self.max_score_maps)
-        else:  # the maps of all classes at full size would not fit: compute them smaller
-            predictions = self.predictor.predict(image)[0]
-            small = cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-            _, (maps, names) = self.predictor.predict(small, with_score_maps=True, max_score_maps=self.max_score_maps)
-            maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
         self._last = _Prediction(key, predictions, maps, list(names), time.perf_counter() - start)
         return self._last, False
 
     # ------------------------------------------------------------------------------- drawings
     def _heat_map(self, image: np.ndarray, prediction: _Prediction, name: str) -> np.ndarray:
         if prediction.maps is None:
-            raise WebDemoInputError("this model has no pixel-text score maps (a CLIP baseline without DenseCLIP's text side)")
+            raise WebDemoInputError(NO_SCORE_MAPS)
         if name in (None, "", HIGHEST_SCORE_MAP):
             index = 0  # the maps come highest peak first
         elif name in prediction.map_names:
@@ -285,7 +297,7 @@ class WebDemoSession:
         elif prediction.maps is not None:
             best, labels, names = prediction.maps.max(axis=0), prediction.maps.argmax(axis=0), prediction.map_names
         else:
-            raise WebDemoInputError("this model has no pixel-text score maps (a CLIP baseline without DenseCLIP's text side)")
+            raise WebDemoInputError(NO_SCORE_MAPS)
         return np.where(best >= threshold, labels, IGNORE_LABEL).astype(np.int64), best, list(names)
 
     def _semantic_map(self, image: np.ndarray, labels: np.ndarray, best: np.ndarray, names: List[str]) -> np.ndarray:
