@@ -21,7 +21,7 @@ from .profiling import profile_inference
 from .timing import amp_dtype, autocast_context, time_phase
 from .workload import build_benchmark_model, calibration_size, probe_workload
 
-logger = logging.getLogger("denseclip.benchmark")
+logger = logging.getLogger("benchmark")
 
 
 def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]], peak: Optional[float] = None) -> Dict[str, Any]:
