@@ -15,15 +15,12 @@ import os
 import tempfile
 from typing import List, Optional, Sequence
 
-# Gradio reads this on import; analytics_enabled=False below covers the Blocks themselves.
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+import gradio as gr
+import pandas as pd  # a Gradio dependency: the table's value
 
-import gradio as gr  # noqa: E402 - after switching its telemetry off
-import pandas as pd  # noqa: E402 - a Gradio dependency: the table's value
-
-from ..demo_cli import DemoError, setup_cfg  # noqa: E402
-from ..predictor import VOCABULARY_PRESETS, DenseCLIPPredictor  # noqa: E402
-from .session import (  # noqa: E402
+from ..demo_cli import DemoError, setup_cfg
+from ..predictor import VOCABULARY_PRESETS, DenseCLIPPredictor
+from .session import (
     DRAW_DETECTIONS,
     DRAWINGS,
     HIGHEST_SCORE_MAP,
@@ -144,6 +141,9 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, 
            block: bool = True) -> str:
     """Serve ``app`` on ``host``:``port`` (local only: no share link, no telemetry); returns its URL.
     With ``block=False`` the server runs in a thread (tests) until ``app.close()``."""
+    # Blocks(analytics_enabled=False) covers the app; Gradio's module-level telemetry reads this
+    # variable at each call.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     theme = gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO)
     app.queue(default_concurrency_limit=1)
     _, url, _ = app.launch(
