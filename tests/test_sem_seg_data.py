@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -148,19 +149,26 @@ def test_train_mapper_crops_pads_and_keeps_labels(tmp_path):
     images, labels, classes = write_folder(tmp_path, num=2, size=(48, 40), num_classes=3)
     register_sem_seg_folder("own_semseg_mapper", images, labels, classes)
     records = DatasetCatalog.get("own_semseg_mapper")
-    mapper = SemSegDatasetMapper(sem_seg_cfg(crop=64), is_train=True)
+    cfg = sem_seg_cfg(crop=64)
+    mapper = SemSegDatasetMapper(cfg, is_train=True)
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
     np.random.seed(0)
-    for _ in range(4):
+    padded_rows = 0
+    for _ in range(8):
         out = mapper(records[0])
-        assert out["image"].shape == (3, 64, 64) and out["image"].dtype.is_floating_point is False
-        assert out["sem_seg"].shape == (64, 64)
-        # The resized image is at most 2 x 40 = 80 high; when smaller than the crop, the rest is
-        # padding: image 0, labels 255.
-        values = set(out["sem_seg"].unique().tolist())
-        assert values <= {0, 1, 2, 255}
-    pad = PadToSize((8, 10), 0.0, 255).get_transform(np.zeros((5, 10, 3), np.uint8))
+        image, labels = out["image"], out["sem_seg"]
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and labels.shape == (64, 64)
+        assert set(labels.unique().tolist()) <= {0, 1, 2, 255}
+        # The resized 48x40 image is at most 96x80: below the crop size, the rest is padding,
+        # labels 255 and pixels at the mean (0 once normalised, as mmseg pads after Normalize).
+        rows = (labels == 255).all(dim=1)
+        padded_rows += int(rows.sum())
+        assert torch.allclose(image[:, rows], mean.expand(3, 64, 64)[:, rows])
+    assert padded_rows > 0
+    pad = PadToSize((8, 10), (1.0, 2.0, 3.0), 255).get_transform(np.zeros((5, 10, 3), np.uint8))
     padded = pad.apply_segmentation(np.ones((5, 10), np.uint8))
     assert padded.shape == (8, 10) and (padded[5:] == 255).all() and (padded[:5] == 1).all()
+    assert (pad.apply_image(np.zeros((5, 10, 3), np.uint8))[5:] == [1.0, 2.0, 3.0]).all()
 
 
 def test_resize_by_ratio_follows_the_reference_scale():

@@ -2,7 +2,8 @@
 
 Training, in the reference's order (its ``train_pipeline``): random resize by a ratio of a
 (long, short) scale, random crop whose largest class covers at most a fraction of the labelled
-pixels, horizontal flip, photometric distortion, padding to the crop size (image 0, labels 255).
+pixels, horizontal flip, photometric distortion, padding to the crop size (labels 255; the image
+after normalisation 0, i.e. the pixel mean before it, since the model normalises).
 
 =========================================  ============================================================
 mmseg 0.19                                 here (config keys)
@@ -15,8 +16,8 @@ RandomFlip(prob=0.5)                       Detectron2's RandomFlip: INPUT.RANDOM
 PhotoMetricDistortion()                    Detectron2's ColorAugSSDTransform (PointRend's port of the same SSD
                                            distortion: brightness +-32, contrast and saturation x0.5-1.5, hue +-18):
                                            INPUT.COLOR_AUG_SSD True
-Pad(size=crop, pad_val=0, seg_pad_val=255) :class:`PadToSize` (when the crop is "absolute"), labels padded with
-                                           MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+Normalize, then Pad(size=crop, pad_val=0,  :class:`PadToSize` (when the crop is "absolute"): the image (float32) with
+seg_pad_val=255)                           MODEL.PIXEL_MEAN, the labels with MODEL.SEM_SEG_HEAD.IGNORE_VALUE
 test: Resize((2048, 512), keep_ratio)      Detectron2's ResizeShortestEdge(INPUT.MIN_SIZE_TEST 512, INPUT.MAX_SIZE_TEST 2048)
 =========================================  ============================================================
 
@@ -54,20 +55,42 @@ class ResizeByRatio(T.Augmentation):
         return T.ResizeTransform(h, w, newh, neww, self.interp)
 
 
-class PadToSize(T.Augmentation):
-    """Pad bottom and right to at least ``size`` (h, w): the image with ``pad_value``, the labels
-    with ``seg_pad_value`` (the ignore label), as mmseg's ``Pad(size=crop_size)``."""
+class _PadBottomRight(T.Transform):
+    """Pad an image (to float32, per-channel ``pixel``) and its labels (``seg_value``) at the
+    bottom and right to ``height`` x ``width``; coordinates do not move."""
 
-    def __init__(self, size: Tuple[int, int], pad_value: float = 0.0, seg_pad_value: int = 255):
+    def __init__(self, height: int, width: int, pixel: Tuple[float, ...], seg_value: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        out = np.empty((self.height, self.width, *img.shape[2:]), np.float32)
+        out[...] = np.asarray(self.pixel, np.float32)
+        out[:h, :w] = img
+        return out
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        h, w = segmentation.shape[:2]
+        return np.pad(segmentation, ((0, self.height - h), (0, self.width - w)), constant_values=self.seg_value)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+
+class PadToSize(T.Augmentation):
+    """mmseg's ``Normalize`` then ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)``, for a model
+    that normalises itself: pad bottom and right to at least ``size`` (h, w), the image with
+    ``pixel`` (the model's PIXEL_MEAN, which normalises to 0; the image becomes float32 so the
+    value is exact), the labels with ``seg_pad_value`` (the ignore label)."""
+
+    def __init__(self, size: Tuple[int, int], pixel: Tuple[float, ...], seg_pad_value: int = 255):
         super().__init__()
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> T.Transform:
         h, w = image.shape[:2]
-        pad_h, pad_w = max(self.size[0] - h, 0), max(self.size[1] - w, 0)
-        if not (pad_h or pad_w):
-            return T.NoOpTransform()
-        return T.PadTransform(0, 0, pad_w, pad_h, w, h, pad_value=self.pad_value, seg_pad_value=self.seg_pad_value)
+        return _PadBottomRight(max(self.size[0], h), max(self.size[1], w), tuple(self.pixel), self.seg_pad_value)
 
 
 def _check_input_config(cfg: CfgNode) -> None:
@@ -105,14 +128,15 @@ def build_sem_seg_augmentations(cfg: CfgNode, is_train: bool) -> List:
     if cfg.INPUT.COLOR_AUG_SSD:
         augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
     if crop.ENABLED and crop.TYPE == "absolute":
-        augs.append(PadToSize(tuple(crop.SIZE), 0.0, ignore))
+        augs.append(PadToSize(tuple(crop.SIZE), tuple(cfg.MODEL.PIXEL_MEAN), ignore))
     return augs
 
 
 class SemSegDatasetMapper(RobustDatasetMapper):
     """``RobustDatasetMapper`` (bad samples skipped in training) with the semantic segmentation
     pipeline of :func:`build_sem_seg_augmentations`. Outputs "image" (uint8 C x H x W) and, where
-    the record has a label file, "sem_seg" (int64 H x W, 255 = ignore)."""
+    the record has a label file, "sem_seg" (int64 H x W, 255 = ignore). "image" is uint8 C x H x W,
+    float32 in training with padding to the crop size (see :class:`PadToSize`)."""
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
