@@ -528,7 +528,8 @@ def register_synthetic_dataset(
 
 
 def register_synthetic_from_config(cfg) -> List[str]:
-    """(Re-)register the synthetic datasets with the parameters in ``cfg.DATASETS.SYNTHETIC``.
+    """(Re-)register the synthetic datasets (instances and semantic segmentation) with the
+    parameters in ``cfg.DATASETS.SYNTHETIC``; returns the four names.
 
     A relative ROOT is resolved against the working directory. When ROOT is left at its stock
     value and $DENSECLIP_SYNTHETIC_ROOT is set, the environment variable wins, so that one
@@ -539,7 +540,8 @@ def register_synthetic_from_config(cfg) -> List[str]:
     c = cfg.DATASETS.SYNTHETIC
     root = None if os.path.normpath(c.ROOT) == DEFAULT_SYNTHETIC_ROOT else c.ROOT
     names = register_synthetic_dataset(root, c.NUM_TRAIN, c.NUM_VAL, c.IMAGE_SIZE, c.SEED)
-    for name in names + list(SYNTHETIC_SEM_SEG_DATASET_NAMES.values()):
+    names += list(SYNTHETIC_SEM_SEG_DATASET_NAMES.values())
+    for name in names:
         if name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             params = MetadataCatalog.get(name).synthetic_params
             logger.info(f"Registered dataset {name!r}: synthetic shapes in {params['root']} (generated on first use)")
