@@ -3,8 +3,12 @@
 Importing this package registers "synthetic_shapes_train" and "synthetic_shapes_val" and their
 semantic segmentation twins "synthetic_shapes_sem_seg_train" and "synthetic_shapes_sem_seg_val"
 (generated on first use under $DENSECLIP_SYNTHETIC_ROOT, else ``datasets/synthetic_shapes`` in the
-working directory), so that the default configs run with no download.
+working directory), so that the default configs run with no download, and, like Detectron2's
+builtin datasets, "ade20k_mmseg_sem_seg_train" and "ade20k_mmseg_sem_seg_val" under
+$DETECTRON2_DATASETS (read when a loader asks for them).
 """
+from .ade20k import ADE20K_DATASET_NAMES, register_ade20k
+from .ade20k_classes import ADE20K_CLASSES
 from .mapper import BadImageError, RobustDatasetMapper, read_image_robust, read_label_map
 from .register import (
     parse_dataset_spec,
@@ -25,8 +29,11 @@ from .synthetic import (
 )
 
 register_synthetic_dataset()
+register_ade20k()
 
 __all__ = [
+    "ADE20K_CLASSES",
+    "ADE20K_DATASET_NAMES",
     "BadImageError",
     "RobustDatasetMapper",
     "SYNTHETIC_CLASSES",
@@ -39,6 +46,7 @@ __all__ = [
     "read_class_names",
     "read_image_robust",
     "read_label_map",
+    "register_ade20k",
     "register_coco_json",
     "register_datasets_from_spec",
     "register_sem_seg_folder",
