@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from detectron2.evaluation import SemSegEvaluator
 
-from conftest import REPO_ROOT
 from denseclip.data import SYNTHETIC_SEM_SEG_CLASSES, SemSegDatasetMapper, register_synthetic_dataset, register_synthetic_from_config
 from denseclip.engine import Trainer
 

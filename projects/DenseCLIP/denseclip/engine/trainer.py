@@ -297,7 +297,8 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         action="append",
         default=[],
         metavar="NAME=JSON:IMAGE_ROOT",
-        help="register a COCO-format dataset under NAME (repeatable); use it in DATASETS.TRAIN/TEST",
+        help="register a COCO-format dataset under NAME (repeatable), or a folder of images and label PNGs with "
+        "NAME=sem_seg:IMAGE_DIR:LABEL_DIR:CLASSES_TXT; use NAME in DATASETS.TRAIN/TEST",
     )
     parser.add_argument(
         "--cpu-processes",
