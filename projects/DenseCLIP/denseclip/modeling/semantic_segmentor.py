@@ -16,6 +16,7 @@ DenseCLIP model layout (parameter name prefixes):
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -42,10 +43,16 @@ TEST_MODES = ("whole", "slide")
 
 def semantic_vocabulary(cfg: CfgNode) -> List[str]:
     """MODEL.DENSECLIP.CLASS_NAMES, or the ``stuff_classes`` of DATASETS.TRAIN[0] (DATASETS.TEST[0]
-    for evaluation-only configs)."""
+    for evaluation-only configs), or the class names recorded in MODEL.WEIGHTS (a checkpoint of this
+    project, or the authors' meta CLASSES)."""
     names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
     for dataset in [] if names else list(cfg.DATASETS.TRAIN)[:1] or list(cfg.DATASETS.TEST)[:1]:
         names = list(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
+    if not names and cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS):
+        # Imported here: the engine package imports the modeling package.
+        from ..engine.checkpoint import checkpoint_vocabulary
+
+        names = checkpoint_vocabulary(cfg.MODEL.WEIGHTS) or []
     if not names:
         raise ValueError(
             "Cannot determine the class names of the segmentation model: set MODEL.DENSECLIP.CLASS_NAMES, or "
