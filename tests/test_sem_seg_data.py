@@ -1,4 +1,6 @@
-"""Semantic segmentation data: synthetic label maps, own folders (spec and errors), the mapper."""
+"""Semantic segmentation data: synthetic label maps, own folders (spec and errors), the mapper, ADE20K."""
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict
 
@@ -7,6 +9,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import REPO_ROOT
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -14,10 +17,12 @@ from PIL import Image
 
 from denseclip import add_denseclip_config
 from denseclip.data import (
+    ADE20K_CLASSES,
     SYNTHETIC_SEM_SEG_CLASSES,
     SemSegDatasetMapper,
     generate_synthetic_dataset,
     read_class_names,
+    register_ade20k,
     register_datasets_from_spec,
     register_sem_seg_folder,
     register_synthetic_dataset,
@@ -201,3 +206,32 @@ def test_test_mapper_resizes_only(synthetic, restore_synthetic_registration):
     record = DatasetCatalog.get("synthetic_shapes_sem_seg_val")[0]
     out = SemSegDatasetMapper(sem_seg_cfg(crop=48), is_train=False)(record)
     assert out["image"].shape == (3, 48, 48) and (out["height"], out["width"]) == (96, 96)
+
+
+# ------------------------------------------------------------------------------ ADE20K
+def test_ade20k_prepare_and_registration(tmp_path):
+    """prepare_ade20k_sem_seg.py shifts labels by -1 (0 -> 255); ade20k_mmseg_sem_seg_* read the
+    result with the authors' 150 names, and a missing folder names the prepare step."""
+    assert len(ADE20K_CLASSES) == 150 and ADE20K_CLASSES[7] == "bed "
+    names = register_ade20k(str(tmp_path))
+    try:
+        with pytest.raises(FileNotFoundError, match="prepare_ade20k_sem_seg.py"):
+            DatasetCatalog.get(names[1])
+        base = tmp_path / "ADEChallengeData2016"
+        for split in ("training", "validation"):
+            (base / "images" / split).mkdir(parents=True)
+            (base / "annotations" / split).mkdir(parents=True)
+            Image.new("RGB", (6, 4)).save(base / "images" / split / "ADE_1.jpg")
+            Image.fromarray(np.array([[0, 1, 150], [2, 0, 7]] * 2, np.uint8)).save(base / "annotations" / split / "ADE_1.png")
+        subprocess.run([sys.executable, str(REPO_ROOT / "datasets" / "prepare_ade20k_sem_seg.py"), "--root", str(tmp_path)],
+                       check=True, capture_output=True, timeout=120)
+        converted = np.asarray(Image.open(base / "annotations_detectron2" / "validation" / "ADE_1.png"))
+        assert converted[:2].tolist() == [[255, 0, 149], [1, 255, 6]]
+        [record] = DatasetCatalog.get(names[1])
+        assert record["sem_seg_file_name"].endswith("annotations_detectron2/validation/ADE_1.png")
+        meta = MetadataCatalog.get(names[1])
+        assert meta.stuff_classes == list(ADE20K_CLASSES) and meta.evaluator_type == "sem_seg" and meta.ignore_label == 255
+        # Detectron2's own registration of the same files keeps its names.
+        assert MetadataCatalog.get("ade20k_sem_seg_val").stuff_classes != meta.stuff_classes
+    finally:
+        register_ade20k()
