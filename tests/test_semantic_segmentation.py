@@ -247,3 +247,16 @@ def test_recipe_parameter_groups(tiny_model):
         assert group["initial_lr"] == pytest.approx(1e-5 if name.startswith("backbone.") else 1e-4), name
         exempt = ".context_decoder.decoder." in name and ".norm" in name
         assert group["weight_decay"] == (0.0 if exempt else 1e-4), name
+
+
+def test_checkpoint_classes_are_matched_by_name(tiny_model, tmp_path):
+    """A checkpoint records its class names; a model listing them in another order gets its per-class
+    tensors (classifier rows, the FPN lateral's score-map columns) by name: the same maps, reordered."""
+    from denseclip.engine import AtomicDetectionCheckpointer
+
+    AtomicDetectionCheckpointer(tiny_model.eval(), str(tmp_path)).save("tiny")
+    reordered = build_model(load_config(BASE_CONFIG, tiny_opts(classes=CLASSES[::-1]))).eval()
+    AtomicDetectionCheckpointer(reordered).load(str(tmp_path / "tiny.pth"))
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    with torch.no_grad():
+        torch.testing.assert_close(reordered(inputs)[0]["sem_seg"], tiny_model(inputs)[0]["sem_seg"].flip(0), atol=1e-5, rtol=1e-5)
