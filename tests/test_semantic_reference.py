@@ -173,11 +173,13 @@ def test_tiny_reference_file_round_trips(tiny_reference):
     assert all(torch.equal(back[k], v) for k, v in ref.items()) and set(back) == set(ref)
 
 
-@pytest.mark.parametrize("mode", ["whole", "slide"])
-def test_converted_model_gives_the_reference_logits(tiny_reference, mode):
+@pytest.mark.parametrize("mode, size", [("whole", (96, 128)), ("slide", (96, 128)), ("slide", (50, 150))])
+def test_converted_model_gives_the_reference_logits(tiny_reference, mode, size):
+    """Sizes: windows of 64 x 64 overlapping, and (50 px high) windows of 50 x 64 that are not
+    multiples of 32, run unpadded by both."""
     _, model, ref = tiny_reference
     model.test_mode = mode
-    image = torch.randint(0, 256, (3, 96, 128)).float()
+    image = torch.randint(0, 256, (3, *size)).float()
     with torch.no_grad():
         ours = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
         normalized = ((image - model.pixel_mean) / model.pixel_std)[None]

@@ -5,7 +5,9 @@ Both follow Detectron2's contract: ``batched_inputs`` of dicts with "image" (and
 training); training returns a loss dict; inference returns one ``{"sem_seg": K x height x width}``
 per input (logits; class probabilities averaged over the views with TEST.SEM_SEG multi-scale/flip),
 so Detectron2's ``SemSegEvaluator`` and ``Visualizer.draw_sem_seg`` read them as usual. At test
-time they also run the reference's sliding-window inference (TEST.SEM_SEG).
+time they also run the reference's sliding-window inference (TEST.SEM_SEG), one image at a time and
+unpadded, whatever its size (the CLIP encoders, :class:`~denseclip.backbone.build.SemanticFPN` and the
+head resize by size where the reference does).
 
 DenseCLIP model layout (parameter name prefixes):
     backbone.      CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -20,6 +22,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_sem_seg_head
@@ -28,7 +31,7 @@ from detectron2.structures import ImageList
 
 from ..backbone.build import semantic_fpn_on
 from ..text import validate_vocabulary
-from .denseclip_mixin import DenseCLIPMetaArchMixin, build_denseclip_parts
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, build_denseclip_parts
 from .fused_fpn import FusedFeatures
 from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, semantic_cross_entropy
 from .slide_inference import multi_scale_flip_probabilities, slide_inference
@@ -84,6 +87,10 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
         self.stride = tuple(stride)
         self.test_scales = tuple(test_scales)
         self.test_flip = test_flip
+        # The reference runs its test windows unpadded, whatever their size: so does encode_decode.
+        encoder = getattr(self.backbone, "bottom_up", self.backbone)
+        if hasattr(encoder, "strict_input_size"):
+            encoder.strict_input_size = False
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -97,24 +104,21 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
     def normalized_images(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
         return [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
 
-    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B x K x H x W) of a batch of normalised images whose sides are multiples of the
-        backbone's size divisibility."""
-        return self.sem_seg_head(self.backbone(images))[0]
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's stride-4 logits of a batch of normalised images."""
+        return self.sem_seg_head.layers(self.backbone(images))
 
-    def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B x K x h x w) of normalised images of any size h x w: zero-padded at the bottom and
-        right to the backbone's size divisibility (as Detectron2 pads every input), the padding's
-        logits dropped."""
-        h, w = images.shape[-2:]
-        padded = ImageList.from_tensors(list(images), self.backbone.size_divisibility).tensor
-        return self.encode_decode(padded)[:, :, :h, :w]
+    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B x K x H x W) of a batch of normalised images of any size (not padded: the
+        reference's windows), bilinearly resized from stride 4 to the input's size."""
+        logits = self.decode_logits(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of one normalised image batch (B x 3 x H x W) by TEST.SEM_SEG.MODE."""
         if self.test_mode == "slide":
-            return slide_inference(self.segment, image, self.num_classes, self.crop_size, self.stride)
-        return self.segment(image)
+            return slide_inference(self.encode_decode, image, self.num_classes, self.crop_size, self.stride)
+        return self.encode_decode(image)
 
     def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.sem_seg_head(self.backbone(images.tensor), targets)[1]
@@ -130,19 +134,8 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
                 self.sem_seg_head.ignore_value,
             ).tensor
             return self.training_losses(batch, targets)
-        if self.test_mode == "whole" and self.test_scales == (1.0,) and not self.test_flip:
-            # Detectron2's batched path: one padded batch, logits cropped per image.
-            batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-            results = self.encode_decode(batch.tensor)
-            sizes = batch.image_sizes
-        else:
-            results, sizes = [self._infer_one(image, x) for image, x in zip(images, batched_inputs)], None
-        outputs = []
-        for i, (result, x) in enumerate(zip(results, batched_inputs)):
-            if sizes is not None:
-                result = sem_seg_postprocess(result, sizes[i], x.get("height", sizes[i][0]), x.get("width", sizes[i][1]))
-            outputs.append({"sem_seg": result})
-        return outputs
+        # One image at a time, unpadded, as the reference tests (padding would change the border's logits).
+        return [{"sem_seg": self._infer_one(image, x)} for image, x in zip(images, batched_inputs)]
 
     def _infer_one(self, image: torch.Tensor, inputs: Dict) -> torch.Tensor:
         """K x height x width for one image: logits (single view), or averaged class probabilities."""
@@ -194,16 +187,16 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
             return {}
         return {f"sem_seg_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")}
 
-    def _decode(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
-        text = dense.text_embeddings if self.language_guided else None
-        return dense, self.sem_seg_head(dense.features, targets, text)
+    def _head_text(self, dense: DenseCLIPFeatures) -> Optional[torch.Tensor]:
+        return dense.text_embeddings if self.language_guided else None
 
-    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
-        return self._decode(images)[1][0]
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
+        return self.sem_seg_head.layers(dense.features, self._head_text(dense))
 
     def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        dense, (_, losses) = self._decode(images.tensor, targets)
+        dense = self.extract_features(images)
+        losses = self.sem_seg_head(dense.features, targets, self._head_text(dense))[1]
         if self.pixel_text_loss_weight > 0:
             head = self.sem_seg_head
             logits = self.text_side.score_logits(dense.score_map)
