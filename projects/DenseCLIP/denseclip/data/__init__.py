@@ -9,6 +9,7 @@ $DETECTRON2_DATASETS (read when a loader asks for them).
 """
 from .ade20k import ADE20K_DATASET_NAMES, register_ade20k
 from .ade20k_classes import ADE20K_CLASSES
+from .from_config import register_datasets_from_config
 from .mapper import BadImageError, RobustDatasetMapper, read_image_robust, read_label_map
 from .register import (
     parse_dataset_spec,
@@ -48,6 +49,7 @@ __all__ = [
     "read_label_map",
     "register_ade20k",
     "register_coco_json",
+    "register_datasets_from_config",
     "register_datasets_from_spec",
     "register_sem_seg_folder",
     "register_synthetic_dataset",

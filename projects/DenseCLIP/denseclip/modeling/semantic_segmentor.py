@@ -18,51 +18,42 @@ DenseCLIP model layout (parameter name prefixes):
 from __future__ import annotations
 
 import logging
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_sem_seg_head
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..backbone.build import semantic_fpn_on
-from ..text import validate_vocabulary
-from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, build_denseclip_parts
+from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone, build_denseclip_parts
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
 from .fused_fpn import FusedFeatures
 from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, semantic_cross_entropy
 from .slide_inference import multi_scale_flip_probabilities, slide_inference
 from .text_side import VocabularySlice
+from .vocabulary import vocabulary_from_config
 
-__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "semantic_vocabulary"]
+__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "build_denseclip_semantic_backbone"]
 
 logger = logging.getLogger(__name__)
 
 TEST_MODES = ("whole", "slide")
 
 
-def semantic_vocabulary(cfg: CfgNode) -> List[str]:
-    """MODEL.DENSECLIP.CLASS_NAMES, or the ``stuff_classes`` of DATASETS.TRAIN[0] (DATASETS.TEST[0]
-    for evaluation-only configs), or the class names recorded in MODEL.WEIGHTS (a checkpoint of this
-    project, or the authors' meta CLASSES)."""
-    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    for dataset in [] if names else list(cfg.DATASETS.TRAIN)[:1] or list(cfg.DATASETS.TEST)[:1]:
-        names = list(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
-    if not names and cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS):
-        # Imported here: the engine package imports the modeling package.
-        from ..engine.checkpoint import checkpoint_vocabulary
+@BACKBONE_REGISTRY.register()
+def build_denseclip_semantic_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> DenseCLIPBackbone:
+    """DenseCLIP features (for the ``stuff_classes`` vocabulary) with the reference's segmentation
+    neck, FPN P2-P5 (:func:`~denseclip.backbone.build.semantic_fpn_on`)."""
+    parts = build_denseclip_parts(cfg, vocabulary_from_config(cfg, "stuff"), retinanet=False,
+                                  fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
+    return DenseCLIPBackbone(parts)
 
-        names = checkpoint_vocabulary(cfg.MODEL.WEIGHTS) or []
-    if not names:
-        raise ValueError(
-            "Cannot determine the class names of the segmentation model: set MODEL.DENSECLIP.CLASS_NAMES, or "
-            f"register DATASETS.TRAIN[0] ({list(cfg.DATASETS.TRAIN)[:1]}) with metadata stuff_classes"
-        )
-    validate_vocabulary(names)
-    return names
+
+DENSECLIP_BACKBONES.append("build_denseclip_semantic_backbone")
 
 
 def _test_options(cfg: CfgNode) -> Dict:
@@ -156,24 +147,10 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        names = semantic_vocabulary(cfg)
-        parts = build_denseclip_parts(cfg, retinanet=False, vocabulary=names,
-                                      fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
-        head_cfg = cfg
-        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != len(names):
-            logger.info("MODEL.SEM_SEG_HEAD.NUM_CLASSES: %d, the size of the vocabulary (config: %d)",
-                        len(names), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-            head_cfg = cfg.clone()
-            head_cfg.defrost()
-            head_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(names)
-        return {
-            **parts._asdict(),
-            "sem_seg_head": build_sem_seg_head(head_cfg, parts.fpn.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
-            **_test_options(cfg),
-        }
+        # Detectron2's from_config on the DenseCLIP backbone (its head built on the fused FPN's
+        # shapes, for the vocabulary's size), taken apart into image encoder, text side and FPN.
+        ret = detectron2_arguments(SemanticSegmentor.from_config, cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", kind="stuff")
+        return {**ret, **_test_options(cfg)}
 
     @property
     def language_guided(self) -> bool:
