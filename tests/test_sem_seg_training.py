@@ -74,3 +74,19 @@ def test_demo_draws_a_segmentation(tmp_path, restore_synthetic_registration):
     assert proc.returncode == 0, proc.stderr[-4000:]
     written = sorted(p.name for p in (tmp_path / "vis").iterdir())
     assert "000000.jpg" in written and sum("score" in name for name in written) >= 1, written
+
+
+def test_segmentations_are_drawn_on_images_and_video_frames():
+    """draw_predictions / VideoDrawer draw the per-pixel argmax of "sem_seg" with the stuff classes."""
+    from detectron2.data.catalog import Metadata
+
+    from denseclip.visualization import VideoDrawer, draw_predictions
+
+    frame = np.full((32, 48, 3), 127, np.uint8)
+    scores = torch.zeros(3, 32, 48)
+    scores[1, :, :24] = 1.0  # left half class 1, right half class 0
+    metadata = Metadata(name="test_sem_seg_drawing", stuff_classes=["a", "b", "c"], stuff_colors=[(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    for drawn in (draw_predictions(frame, {"sem_seg": scores}, metadata), VideoDrawer(metadata)(frame, {"sem_seg": scores})):
+        assert drawn.shape == frame.shape
+        # BGR: class 1 (red) tints the left half, class 0 (blue) the right.
+        assert drawn[16, 4, 2] > drawn[16, 4, 0] and drawn[16, 44, 0] > drawn[16, 44, 2]
