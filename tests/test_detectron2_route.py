@@ -1,6 +1,7 @@
 """Detectron2's standard route (get_cfg -> add_denseclip_config -> merge_from_file -> build_model /
 DefaultPredictor) for every config, the one source of the vocabulary, and the class count that
 follows from it."""
+import math
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ def plain_cfg(config_file: str, opts=()):
 
 def head_num_classes(model) -> int:
     """The number of classes the built heads predict, read from their layers."""
+    if hasattr(model, "sem_seg_head"):
+        return model.sem_seg_head.num_classes
     if hasattr(model, "roi_heads"):
         predictor = model.roi_heads.box_predictor
         if getattr(model, "language_guided", False):
@@ -47,13 +50,16 @@ def head_num_classes(model) -> int:
 def test_every_config_builds_through_detectron2s_route(config_file):
     cfg = plain_cfg(config_file)
     model = build_model(cfg)
-    names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    kind = "stuff_classes" if hasattr(model, "sem_seg_head") else "thing_classes"  # segmentors / detectors
+    names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get(kind))
     assert head_num_classes(model) == len(names)
     if hasattr(model, "text_side"):  # DenseCLIP: its vocabulary is the training dataset's classes
         assert model.class_names == names
-        res5 = model.backbone.output_shape()["res5"].channels
-        assert model.fpn.fpn_lateral5.in_channels == res5 + len(names)  # image channels + score maps
-        assert model.text_side.fused_shapes(model.backbone.output_shape())["res5"].channels == res5 + len(names)
+        feature = model.text_side.score_map_feature  # res5; res4 for the segmentation ViT
+        shape = model.backbone.output_shape()[feature]
+        lateral = getattr(model.fpn, f"fpn_lateral{int(math.log2(shape.stride))}")
+        assert lateral.in_channels == shape.channels + len(names)  # image channels + score maps
+        assert model.text_side.fused_shapes(model.backbone.output_shape())[feature].channels == shape.channels + len(names)
 
 
 def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is_an_error():

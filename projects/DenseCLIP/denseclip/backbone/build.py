@@ -1,14 +1,16 @@
 """Builders registering CLIP image encoders (alone and with an FPN) with Detectron2."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from fvcore.nn import weight_init
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
@@ -34,6 +36,8 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     """Wrap open_clip's image tower as a bottom-up backbone."""
     c = cfg.MODEL.CLIP
     if isinstance(visual, ModifiedResNet):
+        if c.DROP_PATH_RATE > 0 or c.VIT_CLASS_EMBED_TWICE:
+            raise ValueError("MODEL.CLIP.DROP_PATH_RATE and MODEL.CLIP.VIT_CLASS_EMBED_TWICE apply to CLIP ViTs only")
         backbone = CLIPResNet(
             visual,
             out_features=c.OUT_FEATURES,
@@ -45,8 +49,18 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     elif isinstance(visual, VisionTransformer):
         if c.FREEZE_AT > 0:
             raise ValueError("MODEL.CLIP.FREEZE_AT > 0 is only supported for CLIP ResNets")
-        backbone = CLIPViT(visual, out_features=c.OUT_FEATURES, scales=c.VIT_PYRAMID_SCALES,
-                           with_attention_pool=with_attention_pool)
+        backbone = CLIPViT(
+            visual,
+            out_features=c.OUT_FEATURES,
+            scales=c.VIT_PYRAMID_SCALES,
+            with_attention_pool=with_attention_pool,
+            pyramid=c.VIT_PYRAMID,
+            out_indices=c.VIT_OUT_INDICES,
+            pos_embed_mode=c.POS_EMBED_MODE,
+            pos_embed_grid=c.POS_EMBED_GRID,
+            drop_path_rate=c.DROP_PATH_RATE,
+            class_embed_twice=c.VIT_CLASS_EMBED_TWICE,
+        )
     else:
         raise ValueError(
             f"MODEL.CLIP.MODEL_NAME '{c.MODEL_NAME}' has a {type(visual).__name__} image tower; "
@@ -74,7 +88,7 @@ def build_clip_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
     return build_clip_bottom_up(cfg, cfg.MODEL.CLIP.WITH_ATTENTION_POOL)[0]
 
 
-def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: nn.Module) -> FPN:
+def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: Optional[nn.Module]) -> FPN:
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -100,6 +114,41 @@ def retinanet_top_block(cfg: CfgNode, res5_channels: int) -> LastLevelP6P7:
     whether P7 reads relu(P6) (Detectron2) or P6 (the reference)."""
     block = LastLevelP6P7 if cfg.MODEL.FPN.P7_RELU else LastLevelP6P7WithoutReLU
     return block(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
+
+
+class SemanticFPN(FPN):
+    """Detectron2's FPN (same modules and names) without extra levels, whose top-down pathway resizes
+    each level to the size of the next one (nearest), as mmseg's FPN does: the same as Detectron2's 2x
+    upsampling for inputs divisible by 32, and defined for the reference's unpadded test windows too."""
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.bottom_up(x)
+        names = self.in_features[::-1]  # low to high resolution, the order of lateral_convs here
+        prev = self.lateral_convs[0](features[names[0]])
+        results = [self.output_convs[0](prev)]
+        for name, lateral_conv, output_conv in zip(names[1:], self.lateral_convs[1:], self.output_convs[1:]):
+            lateral = lateral_conv(features[name])
+            prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
+            results.insert(0, output_conv(prev))
+        return dict(zip(self._out_features, results))
+
+
+def semantic_fpn_on(cfg: CfgNode, bottom_up: Backbone) -> FPN:
+    """The reference's segmentation neck (mmseg FPN, num_outs 4): P2-P5, no extra level, its convs
+    Kaiming-initialised as mmcv's ConvModule does (Detectron2's FPN uses Xavier's)."""
+    if cfg.MODEL.FPN.FUSE_TYPE != "sum":
+        raise ValueError(f"MODEL.FPN.FUSE_TYPE: the Semantic FPN neck sums its levels, got '{cfg.MODEL.FPN.FUSE_TYPE}'")
+    fpn = SemanticFPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+                      norm=cfg.MODEL.FPN.NORM, top_block=None)
+    for conv in [*fpn.lateral_convs, *fpn.output_convs]:
+        weight_init.c2_msra_fill(conv)
+    return fpn
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_semantic_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """CLIP image encoder + FPN (P2-P5), for the CLIP-baseline Semantic FPN."""
+    return semantic_fpn_on(cfg, build_clip_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()

@@ -7,7 +7,7 @@ apart into their ``backbone`` (the CLIP image encoder), ``text_side`` and ``fpn`
 checkpoints and of the reference's converted weights."""
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -31,9 +31,16 @@ class DenseCLIPParts(NamedTuple):
     fpn: FPN
 
 
-def build_denseclip_parts(cfg: CfgNode, vocabulary: Sequence[str], retinanet: bool) -> DenseCLIPParts:
+def build_denseclip_parts(
+    cfg: CfgNode,
+    vocabulary: Sequence[str],
+    retinanet: bool,
+    fpn_builder: Optional[Callable[[CfgNode, Dict[str, ShapeSpec]], FPN]] = None,
+) -> DenseCLIPParts:
     """Image encoder (with CLIP's attention pool: DenseCLIP reads its dense and global embeddings),
-    text side for ``vocabulary`` and fused FPN, from one open_clip model (both towers' weights)."""
+    text side for ``vocabulary`` and fused FPN, from one open_clip model (both towers' weights).
+    ``fpn_builder`` builds the FPN on the fused features' shapes (default: the detectors' FPN,
+    :func:`build_fused_fpn`)."""
     d = cfg.MODEL.DENSECLIP
     clip_model = create_clip_from_config(cfg)
     backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
@@ -54,8 +61,10 @@ def build_denseclip_parts(cfg: CfgNode, vocabulary: Sequence[str], retinanet: bo
     text_side = DenseCLIPTextSide(
         prompt_encoder, decoder, vocabulary, embed_dim=backbone.embed_dim,
         tau=d.TAU, gamma_init=d.CONTEXT_DECODER.GAMMA_INIT, score_map_feature=d.SCORE_MAP_FEATURE,
+        raw_score_map=d.FUSE_RAW_SCORES,
     )
-    fpn = build_fused_fpn(cfg, text_side.fused_shapes(backbone.output_shape()), retinanet)
+    fused_shapes = text_side.fused_shapes(backbone.output_shape())
+    fpn = fpn_builder(cfg, fused_shapes) if fpn_builder else build_fused_fpn(cfg, fused_shapes, retinanet)
     return DenseCLIPParts(backbone, text_side, fpn)
 
 

@@ -115,7 +115,7 @@ class DenseCLIPMetaArchMixin:
     def pixel_text_losses(self, dense: DenseCLIPFeatures, gt_instances: List[Instances], images: ImageList) -> Dict[str, torch.Tensor]:
         if self.pixel_text_loss_weight <= 0:
             return {}
-        loss = pixel_text_loss(dense.score_map, gt_instances, images.tensor.shape[-2:])
+        loss = pixel_text_loss(self.text_side.score_logits(dense.score_map), gt_instances, images.tensor.shape[-2:])
         return {"loss_pixel_text": loss * self.pixel_text_loss_weight}
 
     def add_score_maps(self, results: List[Dict], dense: DenseCLIPFeatures, batched_inputs: List[Dict],

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 # predict things, semantic segmentation models stuff (Detectron2's conventions).
 CLASS_KINDS = {"thing": "thing_classes", "stuff": "stuff_classes"}
 # Meta-architectures whose vocabulary comes from vocabulary_from_config, and the kind of their classes.
-VOCABULARY_META_ARCHITECTURES = {"DenseCLIPRCNN": "thing", "DenseCLIPRetinaNet": "thing"}
+VOCABULARY_META_ARCHITECTURES = {"DenseCLIPRCNN": "thing", "DenseCLIPRetinaNet": "thing", "DenseCLIPSemanticSegmentor": "stuff"}
 
 
 def dataset_class_names(dataset_name: str, kind: str = "thing") -> List[str]:

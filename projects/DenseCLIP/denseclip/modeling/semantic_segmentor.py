@@ -1,0 +1,197 @@
+"""Semantic segmentation meta-architectures: Detectron2's ``SemanticSegmentor`` on a CLIP image
+encoder (the paper's CLIP baselines) and with DenseCLIP's text side (the paper's DenseCLIP models).
+
+Both follow Detectron2's contract: ``batched_inputs`` of dicts with "image" (and "sem_seg" for
+training); training returns a loss dict; inference returns one ``{"sem_seg": K x height x width}``
+per input (logits; class probabilities averaged over the views with TEST.SEM_SEG multi-scale/flip),
+so Detectron2's ``SemSegEvaluator`` and ``Visualizer.draw_sem_seg`` read them as usual. At test
+time they also run the reference's sliding-window inference (TEST.SEM_SEG), one image at a time and
+unpadded, whatever its size (the CLIP encoders, :class:`~denseclip.backbone.build.SemanticFPN` and the
+head resize by size where the reference does).
+
+DenseCLIP model layout (parameter name prefixes):
+    backbone.      CLIP image encoder (res2..res5, clip_dense, clip_global)
+    text_side.     prompt_encoder (learnable context, CLIP text tower), context_decoder, gamma
+    fpn.           Detectron2's FPN (P2-P5) on the image features + score maps
+    sem_seg_head.  the Semantic FPN decoder (:mod:`.semantic_fpn_head`)
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..backbone.build import semantic_fpn_on
+from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone, build_denseclip_parts
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
+from .fused_fpn import FusedFeatures
+from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, semantic_cross_entropy
+from .slide_inference import multi_scale_flip_probabilities, slide_inference
+from .text_side import VocabularySlice
+from .vocabulary import vocabulary_from_config
+
+__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "build_denseclip_semantic_backbone"]
+
+logger = logging.getLogger(__name__)
+
+TEST_MODES = ("whole", "slide")
+
+
+@BACKBONE_REGISTRY.register()
+def build_denseclip_semantic_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> DenseCLIPBackbone:
+    """DenseCLIP features (for the ``stuff_classes`` vocabulary) with the reference's segmentation
+    neck, FPN P2-P5 (:func:`~denseclip.backbone.build.semantic_fpn_on`)."""
+    parts = build_denseclip_parts(cfg, vocabulary_from_config(cfg, "stuff"), retinanet=False,
+                                  fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
+    return DenseCLIPBackbone(parts)
+
+
+DENSECLIP_BACKBONES.append("build_denseclip_semantic_backbone")
+
+
+def _test_options(cfg: CfgNode) -> Dict:
+    t = cfg.TEST.SEM_SEG
+    if t.MODE not in TEST_MODES:
+        raise ValueError(f"TEST.SEM_SEG.MODE: expected one of {TEST_MODES}, got '{t.MODE}'")
+    return {"test_mode": t.MODE, "crop_size": tuple(t.CROP_SIZE), "stride": tuple(t.STRIDE),
+            "test_scales": tuple(t.SCALES), "test_flip": t.FLIP}
+
+
+@META_ARCH_REGISTRY.register()
+class CLIPSemanticSegmentor(SemanticSegmentor):
+    """Detectron2's ``SemanticSegmentor`` with the reference's test strategies: whole-image or
+    sliding-window inference, optionally over several scales and flips (TEST.SEM_SEG)."""
+
+    @configurable
+    def __init__(self, *, test_mode: str = "whole", crop_size: Sequence[int] = (512, 512), stride: Sequence[int] = (341, 341),
+                 test_scales: Sequence[float] = (1.0,), test_flip: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.test_mode = test_mode
+        self.crop_size = tuple(crop_size)
+        self.stride = tuple(stride)
+        self.test_scales = tuple(test_scales)
+        self.test_flip = test_flip
+        # The reference runs its test windows unpadded, whatever their size: so does encode_decode.
+        encoder = getattr(self.backbone, "bottom_up", self.backbone)
+        if hasattr(encoder, "strict_input_size"):
+            encoder.strict_input_size = False
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict:
+        return {**super().from_config(cfg), **_test_options(cfg)}
+
+    @property
+    def num_classes(self) -> int:
+        return self.sem_seg_head.num_classes
+
+    # ------------------------------------------------------------------------------- computation
+    def normalized_images(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        return [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's stride-4 logits of a batch of normalised images."""
+        return self.sem_seg_head.layers(self.backbone(images))
+
+    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B x K x H x W) of a batch of normalised images of any size (not padded: the
+        reference's windows), bilinearly resized from stride 4 to the input's size."""
+        logits = self.decode_logits(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of one normalised image batch (B x 3 x H x W) by TEST.SEM_SEG.MODE."""
+        if self.test_mode == "slide":
+            return slide_inference(self.encode_decode, image, self.num_classes, self.crop_size, self.stride)
+        return self.encode_decode(image)
+
+    def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.sem_seg_head(self.backbone(images.tensor), targets)[1]
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]] | Dict[str, torch.Tensor]:
+        images = self.normalized_images(batched_inputs)
+        if self.training:
+            if "sem_seg" not in batched_inputs[0]:
+                raise ValueError("Training a semantic segmentor needs 'sem_seg' label maps in its inputs")
+            batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
+            targets = ImageList.from_tensors(
+                [x["sem_seg"].to(self.device) for x in batched_inputs], self.backbone.size_divisibility,
+                self.sem_seg_head.ignore_value,
+            ).tensor
+            return self.training_losses(batch, targets)
+        # One image at a time, unpadded, as the reference tests (padding would change the border's logits).
+        return [{"sem_seg": self._infer_one(image, x)} for image, x in zip(images, batched_inputs)]
+
+    def _infer_one(self, image: torch.Tensor, inputs: Dict) -> torch.Tensor:
+        """K x height x width for one image: logits (single view), or averaged class probabilities."""
+        h, w = image.shape[-2:]
+        size = (inputs.get("height", h), inputs.get("width", w))
+        if self.test_scales == (1.0,) and not self.test_flip:
+            return sem_seg_postprocess(self.infer(image[None])[0], (h, w), *size)
+        return multi_scale_flip_probabilities(self.infer, image[None], size, self.test_scales, self.test_flip)[0]
+
+
+@META_ARCH_REGISTRY.register()
+class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
+    """DenseCLIP's Semantic FPN (the paper's segmentation models): CLIP image encoder, context-aware
+    text embeddings, pixel-text score maps concatenated to MODEL.DENSECLIP.SCORE_MAP_FEATURE (raw
+    cosine with MODEL.DENSECLIP.FUSE_RAW_SCORES), FPN P2-P5, Semantic FPN decoder, and the auxiliary
+    pixel-text loss: cross-entropy of cosine / tau against the label map (the reference's identity
+    head), weighted by MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT."""
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> Dict:
+        # Detectron2's from_config on the DenseCLIP backbone (its head built on the fused FPN's
+        # shapes, for the vocabulary's size), taken apart into image encoder, text side and FPN.
+        ret = detectron2_arguments(SemanticSegmentor.from_config, cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", kind="stuff")
+        return {**ret, **_test_options(cfg)}
+
+    @property
+    def language_guided(self) -> bool:
+        return isinstance(self.sem_seg_head, LanguageGuidedSemanticFPNHead)
+
+    def _set_head_num_classes(self, num_classes: int) -> None:
+        self.sem_seg_head.set_num_classes(num_classes)
+
+    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        if self.language_guided:  # the classifier is the text: nothing per class
+            return {}
+        return {f"sem_seg_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")}
+
+    def _head_text(self, dense: DenseCLIPFeatures) -> Optional[torch.Tensor]:
+        return dense.text_embeddings if self.language_guided else None
+
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
+        return self.sem_seg_head.layers(dense.features, self._head_text(dense))
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]] | Dict[str, torch.Tensor]:
+        """As ``CLIPSemanticSegmentor.forward``; at inference with ``return_score_maps`` each output
+        also holds "score_maps" (K x height x width ``sigmoid(cosine / tau)``, the detectors' output):
+        the pixel-text score maps of the whole test-resized image, by one more pass of the image
+        encoder and text side (the segmentation itself may be assembled from windows or views)."""
+        outputs = super().forward(batched_inputs)
+        if self.training or not self.return_score_maps:
+            return outputs
+        for output, image, inputs in zip(outputs, self.normalized_images(batched_inputs), batched_inputs):
+            images = ImageList(image[None], [tuple(image.shape[-2:])])
+            text, score_map = self.text_side(self.backbone(images.tensor))
+            self.add_score_maps([output], DenseCLIPFeatures({}, text, score_map), [inputs], images)
+        return outputs
+
+    def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        dense = self.extract_features(images)
+        losses = self.sem_seg_head(dense.features, targets, self._head_text(dense))[1]
+        if self.pixel_text_loss_weight > 0:
+            head = self.sem_seg_head
+            logits = self.text_side.score_logits(dense.score_map)
+            loss = semantic_cross_entropy(logits, targets, head.ignore_value, head.loss_average)
+            losses["loss_pixel_text"] = loss * self.pixel_text_loss_weight
+        return losses
+
