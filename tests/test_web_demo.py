@@ -278,3 +278,28 @@ def test_demo_script_dispatches_web(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run_demo_script(["--help"])
     assert "python demo.py --web --config-file FILE" in " ".join(capsys.readouterr().out.split())
+
+
+SEGMENTATION = "ADE20K/semantic_fpn_denseclip_language_R50_512x512_80k.yaml"
+
+
+def test_segmentation_model_semantic_map_and_segments_table(photo):
+    from denseclip.predictor import DenseCLIPPredictor
+    from denseclip.web_demo import WebDemoSession
+
+    cfg = load_config(SEGMENTATION, TINY + ["MODEL.DENSECLIP.CLASS_NAMES", ["wall", "floor", "sky"]])
+    session = WebDemoSession(DenseCLIPPredictor(cfg))
+    assert not session.vocabulary_is_fixed  # language-guided: the pixels are classified by the text
+    result = session.run(str(photo), "wall, floor, person, sky", 0.0)
+    assert result.ok and "class(es) segmented" in result.message and session.class_names[2] == "person"
+    assert result.drawing.shape == (*Image.open(photo).size[::-1], 3)
+    sem_seg = session._last.predictions["sem_seg"].softmax(dim=0)
+    labels = sem_seg.argmax(dim=0).numpy()
+    present = [session.class_names[i] for i in np.unique(labels)]
+    assert sorted(row[0] for row in result.detections) == sorted(present)
+    for name, score, x0, y0, x1, y1 in result.detections:  # mean probability and extent of its pixels
+        ys, xs = np.nonzero(labels == session.class_names.index(name))
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert score == pytest.approx(sem_seg.max(dim=0).values.numpy()[ys, xs].mean(), abs=1e-3)
+    for drawing in ("semantic map", "score map (heat map)"):
+        assert session.run(str(photo), "wall, floor, person, sky", 0.0, drawing).drawing.shape == result.drawing.shape
