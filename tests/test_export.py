@@ -115,11 +115,10 @@ def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, mo
 
     photo = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
     out = tmp_path / "export"
-    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DENSECLIP.CLASS_NAMES", "['a', 'b']"] + [str(v) for v in TINY[:2] + TINY[2:4]]
+    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DENSECLIP.CLASS_NAMES", "['a', 'b']"] + [str(v) for v in TINY[:4] + TINY[6:]]
     with pytest.warns(FutureWarning, match="TorchScript is deprecated"):
         assert command.main(["--config-file", f"configs/{MASK_RCNN_LANGUAGE}", "--output", str(out), "--format", "torchscript",
-                             "--vocabulary", "cat,remote control", "--sample-image", str(photo),
-                             "INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "320", *opts]) == 0
+                             "--vocabulary", "cat,remote control", "--sample-image", str(photo), *opts]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["box_head.ts", "config.yaml", "denseclip_export.json", "mask_head.ts", "model.ts"]
     predictor = ExportedPredictor(str(out))
     assert predictor.class_names == ["cat", "remote control"]
@@ -128,6 +127,18 @@ def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, mo
     assert instances.image_size == image.shape[:2] and instances.pred_masks.shape[-2:] == image.shape[:2]
     with pytest.raises(ValueError, match="exported vocabulary"):
         ExportedPredictor(str(out), vocabulary="cat")
+
+    # demo.py --onnx: the export's config and vocabulary, score maps from the graph's output.
+    from denseclip.demo_cli import get_parser, run_demo
+
+    drawn = tmp_path / "drawn"
+    args = get_parser().parse_args(["--onnx", str(out), "--input", str(photo), "--output", str(drawn), "--score-maps",
+                                    "--confidence-threshold", "0.1"])
+    summary = run_demo(args)
+    assert summary.exit_code == 0 and summary.num_images == 1
+    assert sorted(p.name for p in drawn.iterdir()) == sorted(
+        f"{photo.stem}{suffix}.jpg" for suffix in ("", "_scoremap_cat", "_scoremap_remote_control"))
+    assert summary.predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.1
 
 
 def test_runner_errors_name_the_problem(tmp_path, monkeypatch):
