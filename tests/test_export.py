@@ -76,6 +76,7 @@ def assert_parity(model, runner, inputs):
     (RETINANET, "onnx"),
     (MASK_RCNN_LANGUAGE, "onnx"),
     (RETINANET_LANGUAGE, "torch.export"),
+    (MASK_RCNN, "torch.export"),
 ])
 def test_export_matches_pytorch_on_photos(config_file, fmt, make_cfg, tiny_coco_root, tmp_path):
     from denseclip.deploy import ExportedModel, export_model
@@ -102,6 +103,28 @@ def test_export_matches_pytorch_on_photos(config_file, fmt, make_cfg, tiny_coco_
         dims = graph.graph.input[0].type.tensor_type.shape.dim
         assert dims[2].dim_param and dims[3].dim_param
         assert not [i.name for i in graph.graph.initializer if "prompt_encoder" in i.name or "clip_text" in i.name]
+
+
+@pytest.mark.parametrize("mode", ["slide"])
+def test_segmentation_export_matches_pytorch_on_photos(mode, make_cfg, tiny_coco_root, tmp_path):
+    """DenseCLIP Semantic FPN (paper architecture, RN-tiny): the graph is the model's encode_decode,
+    the runner slides 64 px windows over each photo (TEST.SEM_SEG), as the model does."""
+    from tiny_semseg import BASE_CONFIG, CLASSES, tiny_opts
+
+    from denseclip.deploy import ExportedModel, export_model
+    from denseclip.deploy.parity import compare_predictions
+
+    cfg = make_cfg(BASE_CONFIG, tiny_opts(extra=["INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160, "TEST.SEM_SEG.MODE", mode]))
+    model = spread_scores(build_model(cfg)).eval()
+    manifest = export_model(model, cfg, str(tmp_path), "onnx")
+    assert manifest["class_names"] == CLASSES and manifest["graphs"]["model"]["outputs"] == ["sem_seg", "score_map"]
+    runner = ExportedModel(str(tmp_path))
+    for x in photo_inputs(tiny_coco_root, cfg):
+        with torch.no_grad():
+            expected = model([x])[0]
+        actual = runner([x])[0]
+        assert actual["sem_seg"].shape == (len(CLASSES), x["height"], x["width"])
+        assert compare_predictions(expected, actual)["argmax_agreement"] >= 0.999
 
 
 def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, monkeypatch):

@@ -13,13 +13,22 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from detectron2.config import CfgNode
 from torch import nn
 
-from .graphs import IMAGE, TEXT, BoxHeadGraph, LanguageBoxHeadGraph, MaskHeadGraph, RCNNFeatureGraph, RetinaNetGraph
+from .graphs import (
+    IMAGE,
+    TEXT,
+    BoxHeadGraph,
+    LanguageBoxHeadGraph,
+    MaskHeadGraph,
+    RCNNFeatureGraph,
+    RetinaNetGraph,
+    SemanticSegmentationGraph,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +57,7 @@ class GraphSpec:
 
 
 def supported_meta_architectures() -> Tuple[str, ...]:
-    return ("DenseCLIPRetinaNet", "DenseCLIPRCNN")
+    return ("DenseCLIPRetinaNet", "DenseCLIPRCNN", "DenseCLIPSemanticSegmentor")
 
 
 def max_image_side(cfg: CfgNode, size_divisibility: int = 32) -> int:
@@ -72,8 +81,8 @@ def build_graph_specs(model: nn.Module, cfg: CfgNode) -> List[GraphSpec]:
     # Unequal sides, neither 1 nor a CLIP grid size: the exporters must not specialise on them.
     image = torch.randn(1, 3, 5 * divisor, 6 * divisor, device=device)
     image_dims = {IMAGE: {2: divisor * height, 3: divisor * width}}
-    if arch == "DenseCLIPRetinaNet":
-        graph = RetinaNetGraph(model).eval()
+    if arch in ("DenseCLIPRetinaNet", "DenseCLIPSemanticSegmentor"):
+        graph = (RetinaNetGraph if arch == "DenseCLIPRetinaNet" else SemanticSegmentationGraph)(model).eval()
         return [GraphSpec("model", graph, (image,), [IMAGE], graph.output_names, image_dims)]
     graph = RCNNFeatureGraph(model).eval()
     specs = [GraphSpec("model", graph, (image,), [IMAGE], graph.output_names, image_dims)]
@@ -146,6 +155,7 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     """Export ``model`` (built from ``cfg``, weights loaded) to ``output_dir`` in format ``fmt``.
 
     Writes one file per graph (``model``, and for R-CNN ``box_head`` and ``mask_head``), the config
+    (with the model's vocabulary as MODEL.DENSECLIP.CLASS_NAMES)
     (``config.yaml``) and the manifest (``denseclip_export.json``). The class names are recorded
     in the manifest and in each graph file (ONNX ``metadata_props``, torch.export / TorchScript
     extra files). Returns the manifest.
@@ -178,6 +188,9 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
         with torch.no_grad():
             _EXPORTERS[fmt](spec, os.path.join(output_dir, file_name), {**metadata, "denseclip.graph": spec.name})
         graphs[spec.name] = {"file": file_name, "inputs": spec.input_names, "outputs": spec.output_names}
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DENSECLIP.CLASS_NAMES = class_names  # a vocabulary set after the build (--vocabulary)
     with open(os.path.join(output_dir, CONFIG), "w") as f:
         f.write(cfg.dump())
     with open(os.path.join(output_dir, MANIFEST), "w") as f:
@@ -198,7 +211,3 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def graph_files(manifest: Dict[str, Any]) -> Sequence[str]:
-    return [g["file"] for g in manifest["graphs"].values()]

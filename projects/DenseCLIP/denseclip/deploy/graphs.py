@@ -31,42 +31,47 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ..backbone import CLIP_DENSE, CLIP_GLOBAL
-from ..modeling.pixel_text import pixel_text_score_map
-
 IMAGE = "image"
 TEXT = "text_embeddings"
 SCORE_MAP = "score_map"
+SEM_SEG = "sem_seg"
 
 
-def text_side_without_text_tower(text_side: nn.Module) -> nn.Module:
-    """A shallow copy of the model's text side (same context decoder, gamma, tau) without the
-    prompt encoder, so that neither the CLIP text tower nor its weights end up in an export."""
+def constant_text_side(text_side: nn.Module) -> nn.Module:
+    """A shallow copy of the model's text side (same context decoder, gamma, tau, score maps) whose
+    vocabulary text embeddings are a buffer (``constant_text``) computed now, and without the
+    prompt encoder: neither the CLIP text tower nor its weights end up in an export, and the copy's
+    ``forward`` is the model's own."""
+    with torch.no_grad():
+        text = text_side.class_text_embeddings().detach().clone()
     copy = _copy.copy(text_side)
     copy._modules = {k: v for k, v in text_side._modules.items() if k != "prompt_encoder"}
+    copy._buffers = dict(text_side._buffers)
+    copy.register_buffer("constant_text", text)
+    copy.class_text_embeddings = lambda: copy.constant_text  # instance attribute: shadows the method
     return copy
 
 
 class DenseCLIPFeatureGraph(nn.Module):
     """Normalised, padded image (1 x 3 x H x W, H and W multiples of the size divisibility) -> FPN
-    levels, refined text embeddings and pixel-text score maps, with the vocabulary's text embeddings
-    as a constant (``class_text``)."""
+    levels, refined text embeddings and pixel-text score maps (the model's ``extract_features``),
+    with the vocabulary's text embeddings as a constant (:func:`constant_text_side`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone = model.backbone
-        self.text_side = text_side_without_text_tower(model.text_side)
+        self.text_side = constant_text_side(model.text_side)
         self.fpn = model.fpn
-        with torch.no_grad():
-            text = model.text_side.class_text_embeddings().detach().clone()
-        self.register_buffer("class_text", text)
+        self.language_guided = bool(model.language_guided)
+
+    @property
+    def class_text(self) -> torch.Tensor:
+        return self.text_side.constant_text
 
     def features(self, image: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        # DenseCLIPTextSide.forward with the cached text replaced by the constant.
+        # DenseCLIPMetaArchMixin.extract_features, on a tensor rather than an ImageList.
         image_features = self.backbone(image)
-        dense = image_features[CLIP_DENSE]
-        text = self.text_side.refine_text(self.class_text.to(dense.dtype), image_features[CLIP_GLOBAL], dense)
-        score_map = pixel_text_score_map(dense, text, self.text_side.tau)
+        text, score_map = self.text_side(image_features)
         return self.fpn(self.text_side.fuse(image_features, score_map)), text, score_map
 
 
@@ -78,7 +83,6 @@ class RetinaNetGraph(DenseCLIPFeatureGraph):
         super().__init__(model)
         self.head = model.head
         self.in_features = list(model.head_in_features)
-        self.language_guided = model.language_guided
 
     @property
     def output_names(self) -> List[str]:
@@ -160,3 +164,20 @@ class MaskHeadGraph(nn.Module):
 
     def forward(self, mask_features: torch.Tensor) -> torch.Tensor:
         return self.mask_head.layers(mask_features)
+
+
+class SemanticSegmentationGraph(DenseCLIPFeatureGraph):
+    """``model`` graph of DenseCLIPSemanticSegmentor: class logits at the input's resolution
+    (1 x K x H x W, the model's ``encode_decode``) and the score maps. Sliding windows, multi-scale
+    and flip (TEST.SEM_SEG) call it once per view, in the runner."""
+
+    output_names = [SEM_SEG, SCORE_MAP]
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.sem_seg_head = model.sem_seg_head
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features, text, score_map = self.features(image)
+        logits, _ = self.sem_seg_head(features, None, text if self.language_guided else None)
+        return logits, score_map

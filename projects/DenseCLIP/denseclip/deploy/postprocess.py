@@ -1,6 +1,7 @@
-"""The runner's post-processing: what follows the exported graphs, done with the Detectron2 code the
-PyTorch model runs (anchors, RetinaNet's and the RPN's decoding, ROIAlign, Fast R-CNN inference,
-mask inference), configured from the exported config. No network weights live here."""
+"""The runner's post-processing: what surrounds the exported graphs, done with the Detectron2 (and
+project) code the PyTorch model runs (anchors, RetinaNet's and the RPN's decoding, ROIAlign, Fast
+R-CNN inference, mask inference; sliding windows, multi-scale + flip), configured from the exported
+config. No network weights live here."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
@@ -12,6 +13,7 @@ from detectron2.modeling import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
@@ -19,6 +21,7 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..modeling.meta_arch import TopKRetinaNet
+from ..modeling.slide_inference import multi_scale_flip_probabilities, slide_inference
 from .runtime import GraphRunner
 
 
@@ -139,3 +142,38 @@ def _pooler(head_cfg: CfgNode, shapes: List[ShapeSpec]) -> ROIPooler:
 
 
 Decoder = Callable[[ImageList, Dict[str, torch.Tensor]], List[Instances]]
+
+
+class SemanticSegmentationDecoding:
+    """``CLIPSemanticSegmentor``'s inference around its ``encode_decode``, which the exported graph
+    is: each view zero-padded to the size divisibility and its padding's logits dropped, whole-image
+    or sliding-window inference (TEST.SEM_SEG.MODE), multi-scale + flip probabilities
+    (TEST.SEM_SEG.SCALES, FLIP), and Detectron2's ``sem_seg_postprocess`` to the original size."""
+
+    def __init__(self, cfg: CfgNode, graph: GraphRunner, num_classes: int, size_divisibility: int,
+                 check_size: Callable[[torch.Tensor], None]):
+        t = cfg.TEST.SEM_SEG
+        self.mode, self.crop, self.stride = t.MODE, tuple(t.CROP_SIZE), tuple(t.STRIDE)
+        self.scales, self.flip = tuple(t.SCALES), bool(t.FLIP)
+        self.graph, self.num_classes, self.size_divisibility = graph, num_classes, size_divisibility
+        self.check_size = check_size
+
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        padded = ImageList.from_tensors(list(images), self.size_divisibility).tensor
+        self.check_size(padded)
+        return self.graph(padded)["sem_seg"][:, :, :h, :w]
+
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        if self.mode == "slide":
+            return slide_inference(self.segment, image, self.num_classes, self.crop, self.stride)
+        return self.segment(image)
+
+    def __call__(self, image: torch.Tensor, inputs: Dict) -> torch.Tensor:
+        """K x height x width for one normalised image (3 x h x w): logits for a single view,
+        averaged class probabilities over several."""
+        h, w = image.shape[-2:]
+        size = (inputs.get("height", h), inputs.get("width", w))
+        if self.scales == (1.0,) and not self.flip:
+            return sem_seg_postprocess(self.infer(image[None])[0], (h, w), *size)
+        return multi_scale_flip_probabilities(self.infer, image[None], size, self.scales, self.flip)[0]

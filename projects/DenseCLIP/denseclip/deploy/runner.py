@@ -1,7 +1,8 @@
 """Run an export (``tools/deploy/export_model.py``) like the PyTorch model.
 
 ``ExportedModel`` is a drop-in for the built model in inference: ``model(batched_inputs)`` returns
-``[{"instances": Instances}]`` in original image coordinates, so Detectron2's
+``[{"instances": Instances}]`` (detectors) or ``[{"sem_seg": K x H x W}]`` (segmentation) in original
+image coordinates, so Detectron2's
 ``inference_on_dataset`` and ``train_net.py --eval-only --onnx PATH`` evaluate it.
 ``ExportedPredictor`` is the project's predictor on an export (``demo.py --onnx PATH``).
 
@@ -28,7 +29,7 @@ from torch import nn
 from ..config import add_denseclip_config
 from ..predictor import DenseCLIPPredictor, _metadata_for, parse_vocabulary
 from .exporter import MANIFEST
-from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding
+from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
 from .runtime import load_graph
 
 
@@ -79,13 +80,17 @@ class ExportedModel(nn.Module):
         self.graph = graphs["model"]
         arch = self.manifest["meta_architecture"]
         num_classes = len(self.class_names)
+        self.size_divisibility = int(self.manifest["size_divisibility"])
+        self.segmentation: Optional[SemanticSegmentationDecoding] = None
         if arch == "DenseCLIPRetinaNet":
-            self.decoder: Decoder = RetinaNetDecoding(self.cfg, num_classes)
-        else:
+            self.decoder: Optional[Decoder] = RetinaNetDecoding(self.cfg, num_classes)
+        elif arch == "DenseCLIPRCNN":
             self.decoder = RCNNDecoding(self.cfg, num_classes, graphs["box_head"], graphs.get("mask_head"))
+        else:
+            self.decoder = None
+            self.segmentation = SemanticSegmentationDecoding(self.cfg, self.graph, num_classes, self.size_divisibility, self.check_size)
         self.register_buffer("pixel_mean", torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
-        self.size_divisibility = int(self.manifest["size_divisibility"])
         self.eval()
 
     @property
@@ -96,22 +101,30 @@ class ExportedModel(nn.Module):
     def language_guided(self) -> bool:
         return bool(self.manifest["language_guided"])
 
-    def preprocess_image(self, batched_input: Dict[str, Any]) -> ImageList:
-        """The model's ``preprocess_image`` for one input: normalise, pad (with zeros, after
-        normalisation) to the size divisibility, check the graph's size bounds."""
-        image = (batched_input["image"].to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
-        images = ImageList.from_tensors([image], self.size_divisibility)
+    def check_size(self, padded: torch.Tensor) -> None:
         lo, hi = self.manifest["min_image_side"], self.manifest["max_image_side"]
-        h, w = images.tensor.shape[-2:]
+        h, w = padded.shape[-2:]
         if not (lo <= h <= hi and lo <= w <= hi):
             raise ValueError(
                 f"the padded input is {h}x{w}; the exported graph takes sides from {lo} to {hi} px "
                 "(resize the image, INPUT.MIN/MAX_SIZE_TEST)"
             )
+
+    def normalize(self, batched_input: Dict[str, Any]) -> torch.Tensor:
+        return (batched_input["image"].to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
+
+    def preprocess_image(self, batched_input: Dict[str, Any]) -> ImageList:
+        """The model's ``preprocess_image`` for one input: normalise, pad (with zeros, after
+        normalisation) to the size divisibility, check the graph's size bounds."""
+        images = ImageList.from_tensors([self.normalize(batched_input)], self.size_divisibility)
+        self.check_size(images.tensor)
         return images
 
-    def run(self, batched_input: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], ImageList]:
-        """Predictions for one input dict, the graph's named outputs, and the padded input."""
+    def run(self, batched_input: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Optional[ImageList]]:
+        """Predictions for one input dict, the graph's named outputs, and the padded input (for
+        segmentation, which may run the graph on several views: the prediction only)."""
+        if self.segmentation is not None:
+            return {"sem_seg": self.segmentation(self.normalize(batched_input), batched_input)}, {}, None
         images = self.preprocess_image(batched_input)
         outputs = self.graph(images.tensor)
         results = self.decoder(images, outputs)
@@ -158,6 +171,8 @@ class ExportedPredictor(DenseCLIPPredictor):
             predictions, outputs, images = self.model.run(inputs)
         if not with_score_maps:
             return predictions, None
+        if "score_map" not in outputs:
+            raise ValueError("score maps of an exported segmentation model are not drawn (several views per image)")
         maps = self._postprocess_score_maps(
             outputs["score_map"][0], tuple(images.tensor.shape[-2:]), tuple(images.image_sizes[0]),
             (inputs["height"], inputs["width"]), max_score_maps,
