@@ -16,8 +16,9 @@ TINY = [
     "MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json",
     "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog", "person"],
     "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 256, "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,
+    "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 64,
     # Small photos, resized to other sizes than the export's example input (dynamic sizes).
-    "INPUT.MIN_SIZE_TEST", 224, "INPUT.MAX_SIZE_TEST", 320,
+    "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224,
 ]
 RETINANET = "COCO/retinanet_denseclip_R50_FPN_1x.yaml"  # paper: stock head, grid_crop positions
 RETINANET_LANGUAGE = "COCO/retinanet_denseclip_language_R50_FPN_1x.yaml"
@@ -130,8 +131,11 @@ def test_segmentation_export_matches_pytorch_on_photos(mode, make_cfg, tiny_coco
 def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, monkeypatch):
     """tools/deploy/export_model.py on a language-guided Mask R-CNN with --vocabulary: traced
     TorchScript (with PyTorch's deprecation said), the vocabulary recorded, the sample-image check."""
-    from denseclip.deploy import ExportedPredictor
+    from denseclip.deploy import ExportedPredictor, parity
 
+    reports = []
+    compare = parity.compare_predictions
+    monkeypatch.setattr(parity, "compare_predictions", lambda a, b: reports.append(compare(a, b)) or reports[-1])
     sys.path.insert(0, str(REPO_ROOT / "tools" / "deploy"))
     monkeypatch.chdir(REPO_ROOT)
     import export_model as command
@@ -143,6 +147,11 @@ def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, mo
         assert command.main(["--config-file", f"configs/{MASK_RCNN_LANGUAGE}", "--output", str(out), "--format", "torchscript",
                              "--vocabulary", "cat,remote control", "--sample-image", str(photo), *opts]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["box_head.ts", "config.yaml", "denseclip_export.json", "mask_head.ts", "model.ts"]
+    # --sample-image: the traced graphs, on a photo of another size than the trace's, give the
+    # PyTorch model's detections (same kernels: equal up to the order of float sums).
+    (report,) = reports
+    assert report["detections"][0] > 0 and report["labels_equal"], report
+    assert report["max_box_diff"] <= 1e-3 and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99, report
     predictor = ExportedPredictor(str(out))
     assert predictor.class_names == ["cat", "remote control"]
     image = read_image(str(photo), format="BGR")
