@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 from detectron2.config import CfgNode
 
+from .data import register_datasets_from_config
 from .engine.config import build_config
 from .predictor import VOCABULARY_PRESETS, DenseCLIPPredictor, parse_vocabulary
 from .visualization import VideoDrawer, draw_predictions, score_map_overlay
@@ -96,11 +97,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Config file and --opts (``build_config``), then --confidence-threshold where --opts set no
-    threshold, then --cpu; frozen. The class names are resolved by the predictor (a --vocabulary
-    may have to name them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError``
-    naming the overrides as given, as train_net.py does."""
-    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []), resolve_classes=False)
+    """Config file and --opts (``build_config``), the config's datasets registered (their class
+    names may be the vocabulary), then --confidence-threshold where --opts set no threshold, then
+    --cpu; frozen. The class names are resolved by the predictor (a --vocabulary may have to name
+    them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError`` naming the
+    overrides as given, as train_net.py does."""
+    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []))
+    register_datasets_from_config(cfg)
     cfg.merge_from_list(_threshold_opts(args))
     if getattr(args, "cpu", False):
         cfg.MODEL.DEVICE = "cpu"

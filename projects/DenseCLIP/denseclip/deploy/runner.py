@@ -17,7 +17,6 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
@@ -27,6 +26,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import add_denseclip_config
+from ..modeling.pixel_text import score_map_probabilities
 from ..predictor import DenseCLIPPredictor, _metadata_for, parse_vocabulary
 from .exporter import MANIFEST
 from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
@@ -81,6 +81,7 @@ class ExportedModel(nn.Module):
         arch = self.manifest["meta_architecture"]
         num_classes = len(self.class_names)
         self.size_divisibility = int(self.manifest["size_divisibility"])
+        self.return_score_maps = False  # as the DenseCLIP meta-architectures: "score_maps" in each output
         self.segmentation: Optional[SemanticSegmentationDecoding] = None
         if arch == "DenseCLIPRetinaNet":
             self.decoder: Optional[Decoder] = RetinaNetDecoding(self.cfg, num_classes)
@@ -124,11 +125,19 @@ class ExportedModel(nn.Module):
         """Predictions for one input dict, the graph's named outputs, and the padded input (for
         segmentation, which may run the graph on several views: the prediction only)."""
         if self.segmentation is not None:
+            if self.return_score_maps:
+                raise ValueError("score maps of an exported segmentation model are not returned (several views per image)")
             return {"sem_seg": self.segmentation(self.normalize(batched_input), batched_input)}, {}, None
         images = self.preprocess_image(batched_input)
         outputs = self.graph(images.tensor)
         results = self.decoder(images, outputs)
-        return GeneralizedRCNN._postprocess(results, [batched_input], images.image_sizes)[0], outputs, images
+        prediction = GeneralizedRCNN._postprocess(results, [batched_input], images.image_sizes)[0]
+        if self.return_score_maps:  # DenseCLIPMetaArchMixin.add_score_maps, from the graph's output
+            image_size = tuple(images.image_sizes[0])
+            output_size = (batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1]))
+            prediction["score_maps"] = score_map_probabilities(
+                outputs["score_map"][0], tuple(images.tensor.shape[-2:]), image_size, output_size)
+        return prediction, outputs, images
 
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if self.training:
@@ -140,7 +149,7 @@ class ExportedModel(nn.Module):
 class ExportedPredictor(DenseCLIPPredictor):
     """``DenseCLIPPredictor`` on an export: same preprocessing (resize per INPUT.MIN/MAX_SIZE_TEST,
     BGR input converted per INPUT.FORMAT), ``__call__``, ``predict`` (with score maps, which the
-    graph outputs) and ``metadata``. The vocabulary is the exported one."""
+    graph outputs), ``score_maps`` and ``metadata``. The vocabulary is the exported one."""
 
     def __init__(self, path: str, opts: Sequence[str] = (), vocabulary: Optional[Sequence[str]] = None, **runner_kwargs):
         # DenseCLIPPredictor.__init__ is not called: it builds and loads the PyTorch model.
@@ -164,20 +173,3 @@ class ExportedPredictor(DenseCLIPPredictor):
     def set_vocabulary(self, names) -> None:
         if parse_vocabulary(names) != self.class_names:
             raise ValueError("an export's vocabulary is a constant of its graphs: export again with --vocabulary")
-
-    def predict(self, original_image: np.ndarray, with_score_maps: bool = False, max_score_maps: Optional[int] = None):
-        inputs = self._inputs(original_image)
-        with torch.no_grad():
-            predictions, outputs, images = self.model.run(inputs)
-        if not with_score_maps:
-            return predictions, None
-        if "score_map" not in outputs:
-            raise ValueError("score maps of an exported segmentation model are not drawn (several views per image)")
-        maps = self._postprocess_score_maps(
-            outputs["score_map"][0], tuple(images.tensor.shape[-2:]), tuple(images.image_sizes[0]),
-            (inputs["height"], inputs["width"]), max_score_maps,
-        )
-        return predictions, maps
-
-    def score_maps(self, original_image: np.ndarray, max_classes: Optional[int] = None):
-        return self.predict(original_image, with_score_maps=True, max_score_maps=max_classes)[1]
