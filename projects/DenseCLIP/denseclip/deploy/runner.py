@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import add_denseclip_config
 from ..modeling.pixel_text import score_map_probabilities
+from ..modeling.vocabulary import VOCABULARY_META_ARCHITECTURES
 from ..predictor import DenseCLIPPredictor, _metadata_for, parse_vocabulary
 from .exporter import MANIFEST
 from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
@@ -168,7 +169,8 @@ class ExportedPredictor(DenseCLIPPredictor):
         if len(self.cfg.DATASETS.TEST) and self.cfg.DATASETS.TEST[0] in MetadataCatalog.list():
             base = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
         self._dataset_metadata = base
-        self.metadata = _metadata_for(self.class_names, base)
+        self._class_kind = VOCABULARY_META_ARCHITECTURES.get(self.cfg.MODEL.META_ARCHITECTURE, "thing")
+        self.metadata = _metadata_for(self.class_names, base, self._class_kind)
 
     def set_vocabulary(self, names) -> None:
         if parse_vocabulary(names) != self.class_names:
