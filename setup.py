@@ -23,5 +23,15 @@ setup(
         # The web demo (python demo.py --web); scripts/setup.sh installs it with the exact versions
         # of its dependencies from requirements/web.txt.
         "web": ["gradio==6.31.0", "gradio_client==2.7.2"],
+        # tools/deploy (export to ONNX with torch.onnx's dynamo exporter, run in ONNX Runtime) and its
+        # tests; the dependencies these pull in beyond requirements/lock.txt are pinned too.
+        "deploy": [
+            "onnx==1.23.2",
+            "onnxscript==0.7.2",
+            "onnx-ir==1.1.0",
+            "onnxruntime==1.32.0",
+            "ml_dtypes==0.7.0",
+            "flatbuffers==25.12.19",
+        ],
     },
 )
