@@ -149,10 +149,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     flops_parts = [(r["name"], r["flops"]["by_component_gflops"]) for r in report["results"] if r.get("flops")]
     if flops_parts:
         keys = ("image_encoder", "text_encoder", "context_decoder", "fpn", "proposal_generator", "roi_heads",
-                "retinanet_head", "other")
+                "retinanet_head", "sem_seg_head", "other")
         lines += ["## GFLOPs per module", "", "| config | image encoder | text encoder | context decoder | "
-                  "FPN | RPN | ROI heads | RetinaNet head | score maps & other |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "FPN | RPN | ROI heads | RetinaNet head | Semantic FPN head | score maps & other |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, parts in flops_parts:
             lines.append(f"| {name} | " + " | ".join(_fmt(parts.get(k), 2 if k == "other" else 1)
                                                    for k in keys) + " |")
