@@ -52,7 +52,7 @@ echo "[setup] installing denseclip (editable)"
 pip_install --no-deps --no-build-isolation -e .
 echo "[setup] installing the web demo's extra (web: Gradio, pinned in setup.py and requirements/web.txt)"
 pip_install --no-build-isolation -c requirements/lock.txt -c requirements/web.txt -e ".[web]"
-echo "[setup] installing the deploy extra (onnx, onnxscript, onnxruntime; pinned in setup.py)"; pip_install --no-build-isolation -e ".[deploy]"
+echo "[setup] installing the deploy extra (onnx, onnxscript, onnxruntime; pinned in setup.py)"; pip_install --no-build-isolation -c requirements/lock.txt -e ".[deploy]"
 echo "$FINGERPRINT" > "$STAMP"
 echo "[setup] Detectron2 in use: $(describe_detectron2); $D2_CHOICE"
 echo "[setup] done: $("$VENV_PY" -c 'import torch, detectron2, open_clip; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| open_clip", open_clip.__version__)')"
