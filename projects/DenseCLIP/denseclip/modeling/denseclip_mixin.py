@@ -14,8 +14,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import FPN, Backbone
 from detectron2.structures import ImageList, Instances
 
-from ..backbone.build import create_clip_from_config, wrap_clip_visual
 from ..text import ContextDecoder, PromptTextEncoder
+from .encoders import build_denseclip_encoders
 from .fused_fpn import FusedFeatures, build_fused_fpn
 from .pixel_text import pixel_text_loss
 from .text_side import DenseCLIPTextSide, VocabularySlice, reindex_vocabulary_slice
@@ -55,19 +55,11 @@ class DenseCLIPParts(NamedTuple):
 
 
 def build_denseclip_parts(cfg: CfgNode, retinanet: bool) -> DenseCLIPParts:
-    """Image encoder, text side and fused FPN, from one open_clip model (both towers' weights)."""
-    if cfg.MODEL.BACKBONE.NAME != "build_clip_backbone":
-        raise ValueError(
-            f"DenseCLIP's image encoder is a CLIP backbone: MODEL.BACKBONE.NAME must be 'build_clip_backbone', "
-            f"got '{cfg.MODEL.BACKBONE.NAME}'"
-        )
-    if not cfg.MODEL.CLIP.WITH_ATTENTION_POOL:
-        raise ValueError("DenseCLIP needs CLIP's dense embeddings: set MODEL.CLIP.WITH_ATTENTION_POOL True")
+    """Image encoder, text side and fused FPN (:func:`build_denseclip_encoders`)."""
     d = cfg.MODEL.DENSECLIP
-    clip_model = create_clip_from_config(cfg)
-    backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
+    backbone, clip_model = build_denseclip_encoders(cfg)
     prompt_encoder = PromptTextEncoder(
-        clip_model,
+        clip_model,  # only its text tower is used
         prompt=d.PROMPT,
         n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
         template=d.TEMPLATE,
