@@ -39,10 +39,23 @@ def add_denseclip_config(cfg: CN) -> None:
     # input, any input size. "grid_crop" (the reference): resized once, bilinearly, to a trainable
     # POS_EMBED_GRID x POS_EMBED_GRID grid when the model is built; every input uses its top-left block
     # (inputs up to 32 x POS_EMBED_GRID px; 42 -> 1344, the reference's input resolution).
+    # "grid_interpolate" (the reference's segmentation models, ResNets and ViTs): resized once,
+    # bilinearly, to a trainable POS_EMBED_GRID grid (16 for 512 px crops, 40 for the ViT's 640 px),
+    # then bilinearly resized to every input's grid (the identity at the training crop size).
     _C.MODEL.CLIP.POS_EMBED_MODE = "interpolate"
     _C.MODEL.CLIP.POS_EMBED_GRID = 42
     # ViT only: strides of the simple feature pyramid built from the last block's tokens.
     _C.MODEL.CLIP.VIT_PYRAMID_SCALES = [4.0, 2.0, 1.0, 0.5]
+    # ViT only: "simple" (ViTDet: every level from the last block, channels halved per 2x upsampling,
+    # LayerNorm) or "denseclip" (the reference's segmentation backbone: level i from the block
+    # VIT_OUT_INDICES[i], GroupNorm(1) then ConvTranspose at full width, BatchNorm+GELU in the 4x branch).
+    _C.MODEL.CLIP.VIT_PYRAMID = "simple"
+    _C.MODEL.CLIP.VIT_OUT_INDICES = [3, 5, 7, 11]
+    # ViT only: stochastic depth, linearly increasing over the blocks up to this rate (0 = none).
+    _C.MODEL.CLIP.DROP_PATH_RATE = 0.0
+    # ViT only: add CLIP's class embedding to the class position as well as to the class token, as the
+    # reference's CLIPVisionTransformer does (its bug #20, kept for the released checkpoints).
+    _C.MODEL.CLIP.VIT_CLASS_EMBED_TWICE = False
 
     # ---------------------------------------------------------------- any backbone (issue 20)
     # DenseCLIP on an image encoder that is not CLIP's (paper section 4.3): a Detectron2 backbone
@@ -122,6 +135,9 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.TAU = 0.07
     # Bottom-up feature the score maps are concatenated to.
     _C.MODEL.DENSECLIP.SCORE_MAP_FEATURE = "res5"
+    # Concatenate the raw cosine similarities (the reference's segmentation models) instead of
+    # cosine / TAU (its detectors) to SCORE_MAP_FEATURE; the auxiliary loss reads cosine / TAU either way.
+    _C.MODEL.DENSECLIP.FUSE_RAW_SCORES = False
     # Weight of the auxiliary pixel-text loss; 0 disables it.
     _C.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT = 1.0
 
@@ -137,6 +153,23 @@ def add_denseclip_config(cfg: CN) -> None:
     # Dimension of the per-anchor embeddings of the language-guided RetinaNet head.
     _C.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM = 64
 
+    # ---------------------------------------------------------------- semantic segmentation
+    # The Semantic FPN head (Kirillov et al.; mmseg's FPNHead): Dropout2d before the classifier, and
+    # how its cross-entropy is averaged: "valid_pixels" (Detectron2) or "all_pixels" (mmseg 0.19,
+    # the reference: ignored pixels count in the denominator with a loss of 0).
+    _C.MODEL.SEM_SEG_HEAD.DROPOUT = 0.0
+    _C.MODEL.SEM_SEG_HEAD.LOSS_AVERAGE = "valid_pixels"
+    _C.TEST.SEM_SEG = CN()
+    # "whole" (one forward per image) or "slide" (windows of CROP_SIZE every STRIDE pixels, clipped at
+    # the border, never padded; overlapping logits averaged), the reference's test mode.
+    _C.TEST.SEM_SEG.MODE = "whole"
+    _C.TEST.SEM_SEG.CROP_SIZE = (512, 512)
+    _C.TEST.SEM_SEG.STRIDE = (341, 341)
+    # Multi-scale / flip testing: the input is resized by each ratio (and flipped), the class
+    # probabilities averaged (the reference's MS: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 + flip).
+    _C.TEST.SEM_SEG.SCALES = [1.0]
+    _C.TEST.SEM_SEG.FLIP = False
+
     # ---------------------------------------------------------------- solver (reference recipe)
     _C.SOLVER.OPTIMIZER = "AdamW"
     _C.SOLVER.BETAS = (0.9, 0.999)
@@ -150,6 +183,16 @@ def add_denseclip_config(cfg: CN) -> None:
     # of this project use. build_config writes them into SOLVER.STEPS; SOLVER.STEPS set after them
     # (in the config file over its _BASE_, or as an override) replace them; both in one place is an error.
     _C.SOLVER.STEP_FRACTIONS = []
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" (the segmentation recipe, mmcv's poly policy): every
+    # group's lr = (its initial lr - POLY_LR_MIN) * (1 - iter / MAX_ITER) ** POLY_LR_POWER + POLY_LR_MIN,
+    # times Detectron2's warm-up factor (SOLVER.WARMUP_*) during the first WARMUP_ITERS iterations.
+    _C.SOLVER.POLY_LR_POWER = 0.9
+    _C.SOLVER.POLY_LR_MIN = 0.0
+    # Parameters exempt from weight decay beyond Detectron2's norm/bias rules: "embeddings" (positional
+    # embeddings, learnable context, gammas, logit scales: the detectors' recipe) or "reference" (mmcv's
+    # custom_keys of the segmentation recipe, matched longest key first: only the context decoder's
+    # LayerNorms norm1-3; with SOLVER.WEIGHT_DECAY_NORM = SOLVER.WEIGHT_DECAY every other norm is decayed).
+    _C.SOLVER.WEIGHT_DECAY_EXEMPTIONS = "embeddings"
     # Iterations between metric writes (console, metrics.json, TensorBoard); Detectron2 uses 20.
     _C.SOLVER.LOG_PERIOD = 20
     # Autocast dtype of SOLVER.AMP.ENABLED: "float16" (CUDA, with a gradient scaler) or "bfloat16"

@@ -1,5 +1,5 @@
-"""The authors' released checkpoints (raoyongming/DenseCLIP, mmdetection 2.17) in this project's
-layout, and back.
+"""The authors' released checkpoints (raoyongming/DenseCLIP, mmdetection 2.17; and its segmentation
+models, mmseg 0.19: :mod:`.reference_segmentation_checkpoint`) in this project's layout, and back.
 
 A reference checkpoint is ``{"state_dict": {...}, "meta": {"CLASSES": (...), "mmdet_version": ...}}``
 for one of the paper's detectors (RetinaNet or Mask R-CNN, DenseCLIP or its CLIP baseline). The
@@ -26,6 +26,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
+from .reference_segmentation_checkpoint import SEMANTIC_FPN, segmentation_required, segmentation_rules
+
 __all__ = [
     "ReferenceLayout",
     "ReferenceCheckpointError",
@@ -42,8 +44,9 @@ class ReferenceCheckpointError(ValueError):
 
 
 class ReferenceLayout(NamedTuple):
-    detector: str  # "retinanet" or "mask_rcnn"
+    detector: str  # "retinanet", "mask_rcnn" or "semantic_fpn" (the segmentation models)
     denseclip: bool  # False: the CLIP baseline (no attention pool, no text side)
+    vit: bool = False  # a CLIP ViT image encoder (segmentation models)
 
 
 def is_reference_checkpoint(checkpoint: object) -> bool:
@@ -56,11 +59,15 @@ def detect_reference_layout(state_dict: Dict[str, torch.Tensor]) -> ReferenceLay
         detector = "retinanet"
     elif any(k.startswith("roi_head.") for k in state_dict):
         detector = "mask_rcnn"
+    elif any(k.startswith("decode_head.") for k in state_dict):
+        detector = SEMANTIC_FPN
     else:
         raise ReferenceCheckpointError(
-            "not a DenseCLIP reference detector: no 'bbox_head.*' (RetinaNet) or 'roi_head.*' (Mask R-CNN) tensors"
+            "not a DenseCLIP reference model: no 'bbox_head.*' (RetinaNet), 'roi_head.*' (Mask R-CNN) or "
+            "'decode_head.*' (Semantic FPN) tensors"
         )
-    return ReferenceLayout(detector, denseclip="gamma" in state_dict or any(k.startswith("text_encoder.") for k in state_dict))
+    denseclip = "gamma" in state_dict or any(k.startswith("text_encoder.") for k in state_dict)
+    return ReferenceLayout(detector, denseclip, vit="backbone.class_embedding" in state_dict)
 
 
 def retinanet_anchor_permutation(num_scales: int = 3, num_ratios: int = 3) -> List[int]:
@@ -103,6 +110,9 @@ def _rules(layout: ReferenceLayout) -> List[_Rule]:
     """The name correspondences of a layout, most specific first. The image encoder and the FPN
     live under ``backbone.visual.`` / ``fpn.`` in the DenseCLIP models, and under
     ``backbone.bottom_up.visual.`` / ``backbone.`` (Detectron2's FPN backbone) in the CLIP baselines."""
+    if layout.detector == SEMANTIC_FPN:
+        rules = [_Rule(*spec) for spec in segmentation_rules(layout.denseclip, layout.vit)]
+        return rules + (_text_side_rules() if layout.denseclip else [])
     retinanet = layout.detector == "retinanet"
     first, levels = (3, 3) if retinanet else (2, 4)
     enc, fpn = ("backbone.visual.", "fpn.") if layout.denseclip else ("backbone.bottom_up.visual.", "backbone.")
@@ -133,14 +143,16 @@ def _rules(layout: ReferenceLayout) -> List[_Rule]:
             _Rule("roi_head.mask_head.upsample.{p}", "roi_heads.mask_head.deconv.{p}"),
             _Rule("roi_head.mask_head.conv_logits.{p}", "roi_heads.mask_head.predictor.{p}"),
         ]
-    if layout.denseclip:
-        rules += [
-            _Rule("contexts", "text_side.prompt_encoder.context"),
-            _Rule("gamma", "text_side.gamma"),
-            _Rule("text_encoder.{rest}", "text_side.prompt_encoder.clip_text.{rest}"),
-            _Rule("context_decoder.{rest}", "text_side.context_decoder.{rest}"),
-        ]
-    return rules
+    return rules + (_text_side_rules() if layout.denseclip else [])
+
+
+def _text_side_rules() -> List[_Rule]:
+    return [
+        _Rule("contexts", "text_side.prompt_encoder.context"),
+        _Rule("gamma", "text_side.gamma"),
+        _Rule("text_encoder.{rest}", "text_side.prompt_encoder.clip_text.{rest}"),
+        _Rule("context_decoder.{rest}", "text_side.context_decoder.{rest}"),
+    ]
 
 
 def _template_regex(template: str, index: str) -> "re.Pattern[str]":
@@ -205,6 +217,8 @@ def _to_reference_tensor(tensor: torch.Tensor, our_name: str, layout: ReferenceL
 
 def _required(layout: ReferenceLayout) -> List[str]:
     """Reference names every checkpoint of this layout has (a missing one is reported by name)."""
+    if layout.detector == SEMANTIC_FPN:
+        return segmentation_required(layout.denseclip, layout.vit)
     names = ["backbone.conv1.weight", "neck.lateral_convs.0.conv.weight"]
     if layout.detector == "retinanet":
         names += ["bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight", "neck.fpn_convs.4.conv.weight"]

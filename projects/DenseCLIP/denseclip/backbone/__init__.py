@@ -3,6 +3,7 @@ from .build import (
     build_clip_bottom_up,
     build_clip_fpn_backbone,
     build_clip_retinanet_fpn_backbone,
+    build_clip_semantic_fpn_backbone,
     create_clip_from_config,
 )
 from .clip_resnet import (

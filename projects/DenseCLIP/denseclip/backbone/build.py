@@ -1,7 +1,7 @@
 """Builders registering CLIP image encoders (alone and with an FPN) with Detectron2."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import open_clip
 import torch
@@ -10,6 +10,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from fvcore.nn import weight_init
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
@@ -67,6 +68,8 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     """Wrap open_clip's image tower as a bottom-up backbone."""
     c = cfg.MODEL.CLIP
     if isinstance(visual, ModifiedResNet):
+        if c.DROP_PATH_RATE > 0 or c.VIT_CLASS_EMBED_TWICE:
+            raise ValueError("MODEL.CLIP.DROP_PATH_RATE and MODEL.CLIP.VIT_CLASS_EMBED_TWICE apply to CLIP ViTs only")
         backbone = CLIPResNet(
             visual,
             out_features=c.OUT_FEATURES,
@@ -78,8 +81,18 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     elif isinstance(visual, VisionTransformer):
         if c.FREEZE_AT > 0:
             raise ValueError("MODEL.CLIP.FREEZE_AT > 0 is only supported for CLIP ResNets")
-        backbone = CLIPViT(visual, out_features=c.OUT_FEATURES, scales=c.VIT_PYRAMID_SCALES,
-                           with_attention_pool=with_attention_pool)
+        backbone = CLIPViT(
+            visual,
+            out_features=c.OUT_FEATURES,
+            scales=c.VIT_PYRAMID_SCALES,
+            with_attention_pool=with_attention_pool,
+            pyramid=c.VIT_PYRAMID,
+            out_indices=c.VIT_OUT_INDICES,
+            pos_embed_mode=c.POS_EMBED_MODE,
+            pos_embed_grid=c.POS_EMBED_GRID,
+            drop_path_rate=c.DROP_PATH_RATE,
+            class_embed_twice=c.VIT_CLASS_EMBED_TWICE,
+        )
     else:
         raise ValueError(
             f"MODEL.CLIP.MODEL_NAME '{c.MODEL_NAME}' has a {type(visual).__name__} image tower; "
@@ -107,7 +120,7 @@ def build_clip_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
     return build_clip_bottom_up(cfg, cfg.MODEL.CLIP.WITH_ATTENTION_POOL)[0]
 
 
-def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: nn.Module) -> FPN:
+def fpn_on(cfg: CfgNode, bottom_up: Backbone, top_block: Optional[nn.Module]) -> FPN:
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -133,6 +146,21 @@ def retinanet_top_block(cfg: CfgNode, res5_channels: int) -> LastLevelP6P7:
     whether P7 reads relu(P6) (Detectron2) or P6 (the reference)."""
     block = LastLevelP6P7 if cfg.MODEL.FPN.P7_RELU else LastLevelP6P7WithoutReLU
     return block(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
+
+
+def semantic_fpn_on(cfg: CfgNode, bottom_up: Backbone) -> FPN:
+    """The reference's segmentation neck (mmseg FPN, num_outs 4): P2-P5, no extra level, its convs
+    Kaiming-initialised as mmcv's ConvModule does (Detectron2's FPN uses Xavier's)."""
+    fpn = fpn_on(cfg, bottom_up, top_block=None)
+    for conv in [*fpn.lateral_convs, *fpn.output_convs]:
+        weight_init.c2_msra_fill(conv)
+    return fpn
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_semantic_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
+    """CLIP image encoder + FPN (P2-P5), for the CLIP-baseline Semantic FPN."""
+    return semantic_fpn_on(cfg, build_clip_backbone(cfg, input_shape))
 
 
 @BACKBONE_REGISTRY.register()

@@ -44,7 +44,9 @@ def resize_spatial_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int], mod
 
 
 # How the attention pool's positional embedding meets a feature grid of any size.
-POS_EMBED_MODES = ("interpolate", "grid_crop")
+POS_EMBED_MODES = ("interpolate", "grid_crop", "grid_interpolate")
+# Modes whose positional grid is resized to POS_EMBED_GRID once, when the model is built.
+BUILD_TIME_GRID_MODES = ("grid_crop", "grid_interpolate")
 
 
 def resize_pos_embed_grid(pool: AttentionPool2d, grid: int) -> None:
@@ -73,7 +75,9 @@ def attention_pool_tokens(pool: AttentionPool2d, x: torch.Tensor, pos_embed_mode
 
     Same weights and computation as ``AttentionPool2d.forward``, which returns token 0 only;
     DenseCLIP also needs tokens 1: as dense embeddings. The positional embedding is resized to the
-    feature grid ("interpolate", bicubic) or its top-left block is taken ("grid_crop", the reference).
+    feature grid ("interpolate", bicubic from CLIP's grid; "grid_interpolate", bilinear from the
+    build-time grid: the reference's segmentation models) or its top-left block is taken
+    ("grid_crop", the reference's detectors).
 
     Returns:
         global embedding (B x D) and dense embeddings (B x D x H x W).
@@ -83,6 +87,8 @@ def attention_pool_tokens(pool: AttentionPool2d, x: torch.Tensor, pos_embed_mode
     tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
     if pos_embed_mode == "grid_crop":
         pos = crop_spatial_pos_embed(pool.positional_embedding, (h, w))
+    elif pos_embed_mode == "grid_interpolate":
+        pos = resize_spatial_pos_embed(pool.positional_embedding, (h, w), mode="bilinear")
     else:
         pos = resize_spatial_pos_embed(pool.positional_embedding, (h, w))
     tokens = tokens + pos[:, None, :].to(tokens.dtype)
@@ -133,7 +139,7 @@ class CLIPResNet(Backbone):
             self.visual.attnpool = None
         self.embed_dim = visual.output_dim if with_attention_pool else 0
         self.pos_embed_mode = pos_embed_mode
-        if with_attention_pool and pos_embed_mode == "grid_crop":
+        if with_attention_pool and pos_embed_mode in BUILD_TIME_GRID_MODES:
             resize_pos_embed_grid(visual.attnpool, pos_embed_grid)
         self._out_features = list(out_features)
         width = visual.conv3.out_channels  # the stem's output width (64 for RN50/RN101)

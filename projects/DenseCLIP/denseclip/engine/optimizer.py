@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from typing import Any, Dict, Iterable, List, Tuple, Type
 
 import torch
@@ -18,6 +19,8 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch.nn.parallel import DistributedDataParallel
+
+from .poly_schedule import build_warmup_poly_lr
 
 __all__ = [
     "NO_DECAY_NAME_KEYS",
@@ -36,6 +39,13 @@ logger = logging.getLogger(__name__)
 # Matched against a parameter's own (leaf) name only, so that e.g. the weights of a
 # ``context_decoder`` module are still decayed.
 NO_DECAY_NAME_KEYS: Tuple[str, ...] = ("positional_embedding", "context", "logit_scale", "gamma")
+
+# SOLVER.WEIGHT_DECAY_EXEMPTIONS "reference": what mmcv's custom_keys {backbone, text_encoder, norm}
+# exempt in the reference's segmentation recipe. Its keys are matched longest first and a parameter
+# takes the first matching key only, so "norm" never reaches the backbone or the text encoder, and
+# outside them only the context decoder's LayerNorms norm1-3 have "norm" in their (mmseg) names.
+_REFERENCE_NO_DECAY = re.compile(r"(^|\.)context_decoder\.decoder\.\d+\.norm[123]\.")
+WEIGHT_DECAY_EXEMPTIONS = ("embeddings", "reference")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -84,9 +94,10 @@ def get_denseclip_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dic
 
     Detectron2's ``get_default_optimizer_params`` decides norm-layer and bias hyper-parameters (it
     only sees module types and leaf parameter names); the parameter's role
-    (:func:`model_parameter_groups`) then decides the lr multiplier, and its name the embedding
-    weight-decay exemption. Frozen parameters (``requires_grad`` False: the text tower unless
-    SOLVER.TEXT_ENCODER_MULTIPLIER > 0, frozen stages) are absent, as in Detectron2.
+    (:func:`model_parameter_groups`) then decides the lr multiplier, and its name the weight-decay
+    exemptions of SOLVER.WEIGHT_DECAY_EXEMPTIONS (embeddings, or the reference's segmentation rule).
+    Frozen parameters (``requires_grad`` False: the text tower unless SOLVER.TEXT_ENCODER_MULTIPLIER > 0,
+    frozen stages) are absent, as in Detectron2.
     """
     groups = get_default_optimizer_params(
         model,
@@ -96,6 +107,10 @@ def get_denseclip_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dic
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
+    exemptions = cfg.SOLVER.WEIGHT_DECAY_EXEMPTIONS
+    if exemptions not in WEIGHT_DECAY_EXEMPTIONS:
+        raise ValueError(f"SOLVER.WEIGHT_DECAY_EXEMPTIONS: expected one of {WEIGHT_DECAY_EXEMPTIONS}, got '{exemptions}'")
+    exempt = _is_no_decay_embedding if exemptions == "embeddings" else lambda name, _: bool(_REFERENCE_NO_DECAY.search(name))
     multipliers = _role_multipliers(cfg)
     role_of: Dict[int, Tuple[str, str]] = {}
     for role, params in model_parameter_groups(model).items():
@@ -113,7 +128,7 @@ def get_denseclip_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dic
                     "MODEL.CLIP.FREEZE_AT freezes image-encoder stages)"
                 )
             item = dict(hyper, params=[param], lr=hyper["lr"] * multipliers[role])
-            if _is_no_decay_embedding(name, param):
+            if exempt(name, param):
                 item["weight_decay"] = 0.0
             per_param.append(item)
     if not per_param:
@@ -190,10 +205,13 @@ def resolve_step_fractions(cfg: CfgNode) -> CfgNode:
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:
-    """Detectron2's warm-up + multi-step/cosine scheduler, with SOLVER.STEP_FRACTIONS resolved.
+    """Detectron2's warm-up + multi-step/cosine scheduler, with SOLVER.STEP_FRACTIONS resolved, or
+    the segmentation recipe's poly schedule (SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR", :mod:`.poly_schedule`).
 
     Detectron2's ``LRMultiplier`` scales each group's own initial lr, so the per-module multipliers
     of :func:`build_optimizer` hold throughout the schedule."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
+        return build_warmup_poly_lr(cfg, optimizer)
     cfg = resolve_step_fractions(cfg)
     if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         logger.info(f"LR steps: {list(cfg.SOLVER.STEPS)} of {cfg.SOLVER.MAX_ITER} iterations")

@@ -4,5 +4,8 @@ from .fused_fpn import FusedFeatures, build_fused_fpn
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
 from .meta_arch import DenseCLIPRCNN, DenseCLIPRetinaNet, TopKRetinaNet
 from .pixel_text import box_target_maps, pixel_text_loss, pixel_text_score_map
+from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, SemanticFPNHead, semantic_cross_entropy
+from .semantic_segmentor import CLIPSemanticSegmentor, DenseCLIPSemanticSegmentor, semantic_vocabulary
+from .slide_inference import multi_scale_flip_probabilities, slide_inference, sliding_windows
 from .text_side import DenseCLIPTextSide, TextSideOutput, VocabularySlice, reindex_vocabulary_slice
 from .vocabulary import configured_vocabulary, dataset_class_names, resolve_vocabulary

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from detectron2.config import CfgNode, configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import FPN, Backbone
 from detectron2.structures import ImageList, Instances
 
@@ -54,8 +55,18 @@ class DenseCLIPParts(NamedTuple):
     fpn: FPN
 
 
-def build_denseclip_parts(cfg: CfgNode, retinanet: bool) -> DenseCLIPParts:
-    """Image encoder, text side and fused FPN (:func:`build_denseclip_encoders`)."""
+def build_denseclip_parts(
+    cfg: CfgNode,
+    retinanet: bool,
+    *,
+    vocabulary: Optional[List[str]] = None,
+    fpn_builder: Optional[Callable[[CfgNode, Dict[str, ShapeSpec]], FPN]] = None,
+) -> DenseCLIPParts:
+    """Image encoder, text side and fused FPN (:func:`build_denseclip_encoders`).
+
+    ``vocabulary``: the class names (default: :func:`configured_vocabulary`, the detectors').
+    ``fpn_builder``: builds the FPN on the fused features' shapes (default: the detectors' FPN,
+    :func:`build_fused_fpn`)."""
     d = cfg.MODEL.DENSECLIP
     backbone, clip_model = build_denseclip_encoders(cfg)
     prompt_encoder = PromptTextEncoder(
@@ -73,10 +84,12 @@ def build_denseclip_parts(cfg: CfgNode, retinanet: bool) -> DenseCLIPParts:
         c = d.CONTEXT_DECODER
         decoder = ContextDecoder(backbone.embed_dim, width=c.WIDTH, heads=c.HEADS, layers=c.LAYERS, dropout=c.DROPOUT)
     text_side = DenseCLIPTextSide(
-        prompt_encoder, decoder, configured_vocabulary(cfg), embed_dim=backbone.embed_dim,
+        prompt_encoder, decoder, vocabulary or configured_vocabulary(cfg), embed_dim=backbone.embed_dim,
         tau=d.TAU, gamma_init=d.CONTEXT_DECODER.GAMMA_INIT, score_map_feature=d.SCORE_MAP_FEATURE,
+        raw_score_map=d.FUSE_RAW_SCORES,
     )
-    fpn = build_fused_fpn(cfg, text_side.fused_shapes(backbone.output_shape()), retinanet)
+    fused_shapes = text_side.fused_shapes(backbone.output_shape())
+    fpn = fpn_builder(cfg, fused_shapes) if fpn_builder else build_fused_fpn(cfg, fused_shapes, retinanet)
     return DenseCLIPParts(backbone, text_side, fpn)
 
 
@@ -115,7 +128,7 @@ class DenseCLIPMetaArchMixin:
     def pixel_text_losses(self, dense: DenseCLIPFeatures, gt_instances: List[Instances], images: ImageList) -> Dict[str, torch.Tensor]:
         if self.pixel_text_loss_weight <= 0:
             return {}
-        loss = pixel_text_loss(dense.score_map, gt_instances, images.tensor.shape[-2:])
+        loss = pixel_text_loss(self.text_side.score_logits(dense.score_map), gt_instances, images.tensor.shape[-2:])
         return {"loss_pixel_text": loss * self.pixel_text_loss_weight}
 
     # ------------------------------------------------------------------------------- parameters

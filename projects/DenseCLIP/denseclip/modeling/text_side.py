@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 class TextSideOutput(NamedTuple):
     text_embeddings: torch.Tensor  # B x K x D, refined with each image's context
-    score_map: torch.Tensor  # B x K x H/s x W/s pixel-text logits (s: stride of clip_dense)
+    # B x K x H/s x W/s (s: stride of clip_dense): cosine / tau, or the raw cosine with raw_score_map
+    score_map: torch.Tensor
 
 
 class DenseCLIPTextSide(nn.Module):
@@ -38,6 +39,8 @@ class DenseCLIPTextSide(nn.Module):
         tau: fixed temperature of the score maps.
         gamma_init: initial residual scale of the decoder's update (small: text starts as CLIP's).
         score_map_feature: the image feature the score maps are concatenated to (res5).
+        raw_score_map: the score maps are the cosine similarities themselves, not divided by tau
+            (what the reference's segmentation models concatenate; its detectors use cosine / tau).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class DenseCLIPTextSide(nn.Module):
         tau: float = 0.07,
         gamma_init: float = 1e-4,
         score_map_feature: str = "res5",
+        raw_score_map: bool = False,
     ):
         super().__init__()
         validate_vocabulary(vocabulary)
@@ -58,6 +62,7 @@ class DenseCLIPTextSide(nn.Module):
         self.gamma = nn.Parameter(torch.full((embed_dim,), gamma_init)) if context_decoder is not None else None
         self.tau = tau
         self.score_map_feature = score_map_feature
+        self.raw_score_map = raw_score_map
         self._vocabulary = list(vocabulary)
         self._cached_text: Optional[torch.Tensor] = None
         self._register_load_state_dict_pre_hook(self._drop_text_cache)
@@ -108,7 +113,11 @@ class DenseCLIPTextSide(nn.Module):
     def forward(self, image_features: Dict[str, torch.Tensor]) -> TextSideOutput:
         dense = image_features[CLIP_DENSE]
         text = self.refine_text(self.class_text_embeddings().to(dense.dtype), image_features[CLIP_GLOBAL], dense)
-        return TextSideOutput(text, pixel_text_score_map(dense, text, self.tau))
+        return TextSideOutput(text, pixel_text_score_map(dense, text, 1.0 if self.raw_score_map else self.tau))
+
+    def score_logits(self, score_map: torch.Tensor) -> torch.Tensor:
+        """cosine / tau, the logits the auxiliary losses read, from :meth:`forward`'s score maps."""
+        return score_map / self.tau if self.raw_score_map else score_map
 
     # ------------------------------------------------------------------------------- FPN input
     def fuse(self, image_features: Dict[str, torch.Tensor], score_map: torch.Tensor) -> Dict[str, torch.Tensor]:
