@@ -14,6 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
+from tiny_semseg import label_batch
 
 from denseclip import add_denseclip_config
 from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, clip_attention_pool
@@ -28,10 +29,17 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.M
         "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
         "MODEL.ROI_MASK_HEAD.CONV_DIM", 16, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64,
         "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog", "car"],
-        "SOLVER.BASE_LR", 1e-3]
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3, "SOLVER.BASE_LR", 1e-3]
 
+BACKBONES = ("R50", "R101", "Swin-T", "Swin-S")
 CONFIGS = [f"COCO/{arch}_{dc}{bb}-IN1k_FPN_1x.yaml" for arch in ("mask_rcnn", "retinanet")
-           for bb in ("R50", "R101", "Swin-T", "Swin-S") for dc in ("denseclip_", "")]
+           for bb in BACKBONES for dc in ("denseclip_", "")]
+CONFIGS += [f"ADE20K/semantic_fpn_{dc}{bb}-IN1k_512x512_80k.yaml" for bb in BACKBONES for dc in ("denseclip_", "")]
+META_ARCHITECTURES = {  # (DenseCLIP, task) -> meta-architecture
+    (True, "mask_rcnn"): "DenseCLIPRCNN", (False, "mask_rcnn"): "GeneralizedRCNN",
+    (True, "retinanet"): "DenseCLIPRetinaNet", (False, "retinanet"): "TopKRetinaNet",
+    (True, "semantic_fpn"): "DenseCLIPSemanticSegmentor", (False, "semantic_fpn"): "CLIPSemanticSegmentor",
+}
 
 
 @pytest.fixture
@@ -57,13 +65,14 @@ def d2_cfg(config_file: str, opts=()):
     return cfg
 
 
-def train(model, cfg, steps: int, size=(64, 64)):
-    optimizer = build_optimizer(cfg, model)  # the recipe's groups, full-model gradient clipping
+def train(model, cfg, steps: int, size=(64, 64), segmentation: bool = False):
+    optimizer = build_optimizer(cfg, model)  # the recipe's groups (and gradient clipping)
     model.train()
     with EventStorage(0) as storage:
         for it in range(steps):
             storage.iter = it
-            losses = model(synthetic_batch(2, size, num_classes=3, seed=it))
+            make_batch = label_batch if segmentation else synthetic_batch
+            losses = model(make_batch(2, size, num_classes=3, seed=it))
             total = sum(losses.values())
             assert torch.isfinite(total), losses
             optimizer.zero_grad()
@@ -77,9 +86,8 @@ def test_config_builds_and_trains(config_file, thin_swin):
     cfg = d2_cfg(config_file)
     model = build_model(cfg)
     denseclip = "denseclip_" in config_file
-    expected = {(True, True): "DenseCLIPRCNN", (True, False): "DenseCLIPRetinaNet", (False, True): "GeneralizedRCNN",
-                (False, False): "TopKRetinaNet"}
-    assert type(model).__name__ == expected[denseclip, "mask_rcnn" in config_file]
+    task = next(t for t in ("mask_rcnn", "retinanet", "semantic_fpn") if t in config_file)
+    assert type(model).__name__ == META_ARCHITECTURES[denseclip, task]
     bottom_up = model.backbone.bottom_up
     assert type(bottom_up).__name__ == ("TimmBackbone" if "Swin" in config_file else "ResNet")
     if denseclip:
@@ -89,7 +97,9 @@ def test_config_builds_and_trains(config_file, thin_swin):
         assert pool.num_heads == channels // 64 and pool.c_proj.out_features == 256  # CLIP's heads; RN-tiny's text width
     watched = [next(bottom_up.parameters())] + ([model.backbone.attnpool.c_proj.weight] if denseclip else [])
     before = [p.detach().clone() for p in watched]
-    losses = train(model, cfg, steps=2)
+    # The R101 / Swin-S configs differ from the R50 / Swin-T ones by depth and timm model name only.
+    losses = train(model, cfg, steps=1 if "R101" in config_file or "Swin-S" in config_file else 2,
+                   segmentation=task == "semantic_fpn")
     assert ("loss_pixel_text" in losses) == denseclip
     assert all(not torch.equal(b, p) for b, p in zip(before, watched))
 

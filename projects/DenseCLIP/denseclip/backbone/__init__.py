@@ -21,6 +21,7 @@ from .language_guided import (
     build_bottom_up,
     build_bottom_up_fpn_backbone,
     build_bottom_up_retinanet_fpn_backbone,
+    build_bottom_up_semantic_fpn_backbone,
     build_language_guided_backbone,
     clip_attention_pool,
 )

@@ -18,7 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from open_clip.modified_resnet import AttentionPool2d
 
-from .build import fpn_on, retinanet_top_block, text_embed_dim
+from .build import fpn_on, retinanet_top_block, semantic_fpn_on, text_embed_dim
 from .clip_resnet import CLIP_DENSE, CLIP_GLOBAL, POS_EMBED_MODES, attention_pool_tokens, clip_embedding_shapes
 from .imagenet_weights import load_bottom_up_weights
 from .norm import convert_norm
@@ -116,3 +116,9 @@ def build_bottom_up_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec)
     plain RetinaNet baselines."""
     bottom_up = build_bottom_up(cfg, input_shape)
     return fpn_on(cfg, bottom_up, retinanet_top_block(cfg, bottom_up.output_shape()["res5"].channels))
+
+
+@BACKBONE_REGISTRY.register()
+def build_bottom_up_semantic_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """MODEL.ANY_BACKBONE's bottom-up + the segmentation FPN (P2-P5), for the plain Semantic FPN baselines."""
+    return semantic_fpn_on(cfg, build_bottom_up(cfg, input_shape))
