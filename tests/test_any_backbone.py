@@ -2,6 +2,7 @@
 CLIP-style attention pool; the IN1k configs and their baselines through the plain Detectron2 route;
 gradients; the text tower chosen independently; ImageNet weights from files the libraries write."""
 import pickle
+import re
 
 import open_clip
 import pytest
@@ -17,14 +18,15 @@ from detectron2.utils.events import EventStorage
 from tiny_semseg import label_batch
 
 from denseclip import add_denseclip_config
-from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, clip_attention_pool
+from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, build_language_guided_backbone, clip_attention_pool
+from denseclip.backbone.build import text_embed_dim
 from denseclip.clip_loading import register_model_config
 from denseclip.engine import build_optimizer
 
 # Small stand-ins with the configs' architectures: a thin ResNet (the depth of the config, 1/8 of
 # the width), RN-tiny's text tower (256-d) instead of ViT-B-16's.
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json",
-        "MODEL.CLIP.PRETRAINED", "", "MODEL.DENSECLIP.TEXT_ENCODER_MODEL", "",
+        "MODEL.CLIP.PRETRAINED", "",
         "MODEL.RESNETS.WIDTH_PER_GROUP", 8, "MODEL.RESNETS.RES2_OUT_CHANNELS", 32, "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
         "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
         "MODEL.ROI_MASK_HEAD.CONV_DIM", 16, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64,
@@ -56,11 +58,16 @@ def thin_swin(monkeypatch):
     monkeypatch.setattr(timm, "create_model", thin)
 
 
-def d2_cfg(config_file: str, opts=()):
-    """get_cfg -> add_denseclip_config -> merge_from_file: the plain Detectron2 route."""
+def get_cfg_from_file(config_file: str):
     cfg = get_cfg()
     add_denseclip_config(cfg)
     cfg.merge_from_file(str(CONFIG_DIR / config_file))
+    return cfg
+
+
+def d2_cfg(config_file: str, opts=()):
+    """get_cfg -> add_denseclip_config -> merge_from_file, with TINY: the plain Detectron2 route."""
+    cfg = get_cfg_from_file(config_file)
     cfg.merge_from_list(TINY + list(opts))
     return cfg
 
@@ -79,6 +86,25 @@ def train(model, cfg, steps: int, size=(64, 64), segmentation: bool = False):
             total.backward()
             optimizer.step()
     return losses
+
+
+# The keys of the image encoder and of everything DenseCLIP does not change.
+SHARED_KEYS = ("MODEL.BACKBONE.FREEZE_AT", "MODEL.ANY_BACKBONE.BOTTOM_UP", "MODEL.ANY_BACKBONE.WEIGHTS", "MODEL.ANY_BACKBONE.NORM",
+               "MODEL.RESNETS", "MODEL.TIMM", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.FPN", "MODEL.ANCHOR_GENERATOR",
+               "MODEL.RPN", "MODEL.ROI_BOX_HEAD", "MODEL.ROI_MASK_HEAD", "MODEL.RETINANET", "MODEL.SEM_SEG_HEAD", "INPUT",
+               "SOLVER", "DATASETS", "TEST")
+
+
+@pytest.mark.parametrize("config_file", [c for c in CONFIGS if "denseclip_" in c] + [
+    "Synthetic/mask_rcnn_denseclip_R50-IN1k-thin_FPN_shapes.yaml"])
+def test_denseclip_config_differs_from_its_baseline_only_by_denseclip(config_file):
+    denseclip, baseline = get_cfg_from_file(config_file), get_cfg_from_file(config_file.replace("denseclip_", ""))
+    for key in SHARED_KEYS:
+        a, b = denseclip, baseline
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        assert a == b, key
+    assert denseclip.MODEL.DENSECLIP.IMAGE_ENCODER == "build_language_guided_backbone"
 
 
 @pytest.mark.parametrize("config_file", CONFIGS)
@@ -133,7 +159,7 @@ def test_pool_is_clip_attention_pool_and_swin_takes_any_multiple_of_32(thin_swin
         clip_attention_pool(128, 64, heads=3)
 
     cfg = d2_cfg("COCO/retinanet_denseclip_Swin-T-IN1k_FPN_1x.yaml")
-    backbone = build_backbone(cfg).eval()
+    backbone = build_language_guided_backbone(cfg, ShapeSpec(channels=3)).eval()
     with torch.no_grad():
         out = backbone(torch.randn(1, 3, 96, 160))
     assert {k: tuple(v.shape[1:]) for k, v in out.items() if k != CLIP_GLOBAL} == {
@@ -153,6 +179,8 @@ def test_text_tower_is_chosen_independently(tmp_path):
     model = build_model(d2_cfg("COCO/retinanet_denseclip_R50-IN1k_FPN_1x.yaml", opts))
     assert torch.equal(model.text_side.prompt_encoder.clip_text.token_embedding.weight, text_model.token_embedding.weight)
     assert model.backbone.output_shape()[CLIP_DENSE].channels == 256
+    # The IN1k configs' own text tower: ViT-B-16's (512-d), the width of their attention pools.
+    assert text_embed_dim(get_cfg_from_file("COCO/retinanet_denseclip_Swin-T-IN1k_FPN_1x.yaml")) == 512
     with pytest.raises(ValueError, match=r"\(128-d\) and the text tower's \(256-d\)"):
         build_model(d2_cfg("COCO/retinanet_denseclip_R50-IN1k_FPN_1x.yaml", ["MODEL.ANY_BACKBONE.POOL_DIM", 128]))
     with pytest.raises(ValueError, match="TEXT_ENCODER_MODEL 'RN-nothing' is not an open_clip architecture"):
@@ -208,6 +236,16 @@ def test_timm_swin_file_loads(tmp_path, thin_swin):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         expected = reference.forward_intermediates(x, intermediates_only=True)
+        torch.testing.assert_close(bottom_up(x)["res5"], expected[-1])
+
+    # Microsoft's release layout ({"model": ...}, patch merging at the end of a stage, "head."):
+    # timm's own conversion of the architecture applies.
+    old_layout = {re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+                  .replace("head.fc.", "head."): v for k, v in reference.state_dict().items()}
+    assert "layers.0.downsample.reduction.weight" in old_layout
+    torch.save({"model": old_layout}, path)
+    bottom_up = build_backbone(cfg).bottom_up.eval()
+    with torch.no_grad():
         torch.testing.assert_close(bottom_up(x)["res5"], expected[-1])
 
 

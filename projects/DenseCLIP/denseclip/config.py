@@ -117,9 +117,14 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH = 13
 
     # The CLIP model whose text tower encodes the prompts, independent of the image encoder: "" = the
-    # one of MODEL.CLIP (CLIP image encoders: the same model). Non-CLIP image encoders use ViT-B-16's,
-    # as the reference does. TEXT_ENCODER_PRETRAINED: its weights, as MODEL.CLIP.PRETRAINED ("" random,
-    # an open_clip tag such as "openai", or a local file); read only when TEXT_ENCODER_MODEL is set.
+    # model of MODEL.CLIP (for CLIP image encoders the same model; the IN1k configs set MODEL.CLIP to
+    # ViT-B-16 for its text tower, as the reference does for non-CLIP backbones). TEXT_ENCODER_PRETRAINED:
+    # its weights, as MODEL.CLIP.PRETRAINED ("" random, an open_clip tag such as "openai", or a local
+    # file); read only when TEXT_ENCODER_MODEL is set.
+    # The image encoder: a registered Detectron2 backbone emitting CLIP's embeddings (clip_dense,
+    # clip_global) besides res2..res5: "build_clip_backbone" (CLIP's own, MODEL.CLIP) or
+    # "build_language_guided_backbone" (any backbone with a new attention pool, MODEL.ANY_BACKBONE).
+    _C.MODEL.DENSECLIP.IMAGE_ENCODER = "build_clip_backbone"
     _C.MODEL.DENSECLIP.TEXT_ENCODER_MODEL = ""
     _C.MODEL.DENSECLIP.TEXT_ENCODER_PRETRAINED = ""
 

@@ -6,13 +6,14 @@ from typing import Tuple
 
 import torch.nn as nn
 from detectron2.config import CfgNode
-from detectron2.modeling import Backbone, build_backbone
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..backbone.build import create_clip_from_config, create_text_clip_from_config, wrap_clip_visual
 from ..backbone.clip_resnet import CLIP_DENSE
 
-# The image encoders DenseCLIP reads CLIP embeddings from.
-DENSECLIP_BACKBONES = ("build_clip_backbone", "build_language_guided_backbone")
+# The image encoders DenseCLIP reads CLIP embeddings from (MODEL.DENSECLIP.IMAGE_ENCODER).
+DENSECLIP_IMAGE_ENCODERS = ("build_clip_backbone", "build_language_guided_backbone")
 
 
 def _text_dim(clip_model: nn.Module) -> int:
@@ -22,9 +23,9 @@ def _text_dim(clip_model: nn.Module) -> int:
 
 def build_denseclip_encoders(cfg: CfgNode) -> Tuple[Backbone, nn.Module]:
     """The image encoder (emitting ``clip_dense`` / ``clip_global``) and the open_clip model of the
-    text tower: MODEL.CLIP's own for a CLIP image encoder unless MODEL.DENSECLIP.TEXT_ENCODER_MODEL
+    text tower: MODEL.CLIP's own for a CLIP image encoder (MODEL.DENSECLIP.IMAGE_ENCODER) unless MODEL.DENSECLIP.TEXT_ENCODER_MODEL
     names another; for any other image encoder, the one :func:`create_text_clip_from_config` names."""
-    name = cfg.MODEL.BACKBONE.NAME
+    name = cfg.MODEL.DENSECLIP.IMAGE_ENCODER
     if name == "build_clip_backbone":
         if not cfg.MODEL.CLIP.WITH_ATTENTION_POOL:
             raise ValueError("DenseCLIP needs CLIP's dense embeddings: set MODEL.CLIP.WITH_ATTENTION_POOL True")
@@ -32,11 +33,14 @@ def build_denseclip_encoders(cfg: CfgNode) -> Tuple[Backbone, nn.Module]:
         backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
         text_model = create_text_clip_from_config(cfg) if cfg.MODEL.DENSECLIP.TEXT_ENCODER_MODEL else clip_model
     else:
-        backbone = build_backbone(cfg)
+        if name not in BACKBONE_REGISTRY:
+            raise ValueError(f"MODEL.DENSECLIP.IMAGE_ENCODER '{name}' is not a registered Detectron2 backbone; "
+                             f"expected one of {DENSECLIP_IMAGE_ENCODERS}")
+        backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         if CLIP_DENSE not in backbone.output_shape():
             raise ValueError(
-                f"DenseCLIP's image encoder must emit CLIP embeddings ({CLIP_DENSE}): MODEL.BACKBONE.NAME must be one "
-                f"of {DENSECLIP_BACKBONES}, got '{name}'"
+                f"DenseCLIP's image encoder must emit CLIP embeddings ({CLIP_DENSE}): MODEL.DENSECLIP.IMAGE_ENCODER must "
+                f"be one of {DENSECLIP_IMAGE_ENCODERS}, got '{name}'"
             )
         text_model = create_text_clip_from_config(cfg)
     image_dim, text_dim = backbone.output_shape()[CLIP_DENSE].channels, _text_dim(text_model)
