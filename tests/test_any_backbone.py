@@ -21,7 +21,7 @@ from denseclip import add_denseclip_config
 from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, build_language_guided_backbone, clip_attention_pool
 from denseclip.backbone.build import text_embed_dim
 from denseclip.clip_loading import register_model_config
-from denseclip.engine import build_optimizer
+from denseclip.engine import build_config, build_optimizer
 
 # Small stand-ins with the configs' architectures: a thin ResNet (the depth of the config, 1/8 of
 # the width), RN-tiny's text tower (256-d) instead of ViT-B-16's.
@@ -105,6 +105,8 @@ def test_denseclip_config_differs_from_its_baseline_only_by_denseclip(config_fil
             a, b = a[part], b[part]
         assert a == b, key
     assert denseclip.MODEL.DENSECLIP.IMAGE_ENCODER == "build_language_guided_backbone"
+    for path in (config_file, config_file.replace("denseclip_", "")):  # train_net's route accepts both
+        build_config(str(CONFIG_DIR / path), ["MODEL.DEVICE", "cpu"])
 
 
 @pytest.mark.parametrize("config_file", CONFIGS)
