@@ -12,12 +12,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-def load_config(config_file: str, opts: Sequence = (), resolve_classes: bool = True):
+def load_config(config_file: str, opts: Sequence = ()):
     """An unfrozen config from configs/ (``build_config``), on CPU, with random CLIP weights."""
     from denseclip.engine import build_config
 
     opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu", *opts]
-    return build_config(str(CONFIG_DIR / config_file), opts, resolve_classes=resolve_classes)
+    return build_config(str(CONFIG_DIR / config_file), opts)
 
 
 @pytest.fixture

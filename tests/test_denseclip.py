@@ -174,7 +174,7 @@ def test_vocabulary_swap_without_rebuilding(config_file, make_cfg, monkeypatch):
     calls = []
     encoder = model.text_side.prompt_encoder
     original_forward = encoder.forward
-    monkeypatch.setattr(encoder, "forward", lambda names: calls.append(list(names)) or original_forward(names))
+    monkeypatch.setattr(encoder, "forward", lambda tokens: calls.append(tokens) or original_forward(tokens))
 
     model.set_vocabulary(["remote control", "class 1", "sofa"])
     image = [{"image": torch.rand(3, 128, 128) * 255, "height": 128, "width": 128}]

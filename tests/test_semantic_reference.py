@@ -2,10 +2,12 @@
 tensor of a reference checkpoint in the reference's key layout converted and loaded), and a reference
 checkpoint of a small model gives, through MODEL.WEIGHTS, the logits the reference's computation
 (re-expressed below from segmentation/denseclip/*.py and mmseg 0.19) gives on the same pixels."""
+import runpy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_config
+from conftest import REPO_ROOT, load_config
 from detectron2.modeling import build_model
 from reference_layout_segmentation import segmentation_spec
 from tiny_semseg import BASE_CONFIG, CLASSES, tiny_opts
@@ -153,17 +155,15 @@ def tiny_reference(tmp_path_factory):
     ref = to_reference_state_dict(source.state_dict(), layout)
     path = tmp_path_factory.mktemp("ref") / "denseclip_fpn_tiny.pth"
     torch.save({"meta": {"CLASSES": tuple(CLASSES), "PALETTE": [[0, 0, 0]] * 3}, "state_dict": ref}, path)
-    # No vocabulary in the config or its datasets: the file's meta CLASSES.
-    no_names = ["MODEL.WEIGHTS", str(path), "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
-    model = build_model(load_config(BASE_CONFIG, tiny_opts(classes=[], extra=no_names)))
-    assert model.class_names == CLASSES
+    # The file's meta CLASSES are its vocabulary: per-class tensors are matched to the model's by name.
+    model = build_model(load_config(BASE_CONFIG, tiny_opts(extra=["MODEL.WEIGHTS", str(path)])))
     extra = AtomicDetectionCheckpointer(model).load(str(path))
     assert extra.get("vocabulary") == CLASSES
-    return source.eval(), model.eval(), ref
+    return source.eval(), model.eval(), ref, path
 
 
 def test_tiny_reference_file_round_trips(tiny_reference):
-    source, model, ref = tiny_reference
+    source, model, ref, _ = tiny_reference
     # The names the authors' RN50 file uses (RN-tiny has fewer blocks and text layers: a subset).
     assert set(ref) <= {name for name, _, _ in segmentation_spec("denseclip_r50")}
     state = model.state_dict()
@@ -173,11 +173,13 @@ def test_tiny_reference_file_round_trips(tiny_reference):
     assert all(torch.equal(back[k], v) for k, v in ref.items()) and set(back) == set(ref)
 
 
-@pytest.mark.parametrize("mode", ["whole", "slide"])
-def test_converted_model_gives_the_reference_logits(tiny_reference, mode):
-    _, model, ref = tiny_reference
+@pytest.mark.parametrize("mode, size", [("whole", (96, 128)), ("slide", (96, 128)), ("slide", (50, 150))])
+def test_converted_model_gives_the_reference_logits(tiny_reference, mode, size):
+    """Sizes: windows of 64 x 64 overlapping, and (50 px high) windows of 50 x 64 that are not
+    multiples of 32, run unpadded by both."""
+    _, model, ref, _ = tiny_reference
     model.test_mode = mode
-    image = torch.randint(0, 256, (3, 96, 128)).float()
+    image = torch.randint(0, 256, (3, *size)).float()
     with torch.no_grad():
         ours = model([{"image": image, "height": 120, "width": 150}])[0]["sem_seg"]
         normalized = ((image - model.pixel_mean) / model.pixel_std)[None]
@@ -188,3 +190,17 @@ def test_converted_model_gives_the_reference_logits(tiny_reference, mode):
         theirs = F.interpolate(theirs, size=(120, 150), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert ours.argmax(0).unique().numel() > 1  # not a degenerate constant map
+
+
+def test_conversion_tool_writes_the_same_state(tiny_reference, tmp_path, monkeypatch, capsys):
+    source, _, _, path = tiny_reference
+    output = tmp_path / "converted.pth"
+    monkeypatch.setattr("sys.argv", ["convert_reference_checkpoint.py", str(path), str(output)])
+    runpy.run_path(str(REPO_ROOT / "tools" / "convert_reference_checkpoint.py"), run_name="__main__")
+    assert "semantic_fpn DenseCLIP" in capsys.readouterr().out
+    converted = torch.load(output, weights_only=True)
+    assert converted["vocabulary"] == CLASSES
+    model = build_model(load_config(BASE_CONFIG, tiny_opts()))
+    AtomicDetectionCheckpointer(model).load(str(output))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())

@@ -21,11 +21,22 @@ from denseclip.engine import build_lr_scheduler, build_optimizer
 from denseclip.engine.poly_schedule import WarmupPolyLR
 from denseclip.modeling import semantic_cross_entropy, sliding_windows
 
+TEST_OPTIONS = ("test_mode", "crop_size", "stride", "test_scales", "test_flip")
+
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def shared_tiny_model():
     torch.manual_seed(0)
     return build_model(load_config(BASE_CONFIG, tiny_opts()))
+
+
+@pytest.fixture
+def tiny_model(shared_tiny_model):
+    """The module's tiny model, its test options (TEST.SEM_SEG) restored after each test."""
+    saved = {k: getattr(shared_tiny_model, k) for k in TEST_OPTIONS}
+    yield shared_tiny_model
+    for k, v in saved.items():
+        setattr(shared_tiny_model, k, v)
 
 
 def test_training_returns_both_losses_with_gradients_everywhere_but_the_text_tower(tiny_model):
@@ -121,11 +132,8 @@ def test_slide_equals_whole_when_the_window_covers_the_image(tiny_model):
 def test_multi_scale_flip_averages_probabilities(tiny_model):
     model = tiny_model.eval()
     model.test_mode, model.test_scales, model.test_flip = "whole", (0.5, 1.0, 1.5), True
-    try:
-        with torch.no_grad():
-            probabilities = model([{"image": torch.rand(3, 64, 96) * 255, "height": 32, "width": 48}])[0]["sem_seg"]
-    finally:
-        model.test_scales, model.test_flip = (1.0,), False
+    with torch.no_grad():
+        probabilities = model([{"image": torch.rand(3, 64, 96) * 255, "height": 32, "width": 48}])[0]["sem_seg"]
     assert probabilities.shape == (3, 32, 48)
     torch.testing.assert_close(probabilities.sum(0), torch.ones(32, 48))
 
@@ -247,3 +255,16 @@ def test_recipe_parameter_groups(tiny_model):
         assert group["initial_lr"] == pytest.approx(1e-5 if name.startswith("backbone.") else 1e-4), name
         exempt = ".context_decoder.decoder." in name and ".norm" in name
         assert group["weight_decay"] == (0.0 if exempt else 1e-4), name
+
+
+def test_checkpoint_classes_are_matched_by_name(tiny_model, tmp_path):
+    """A checkpoint records its class names; a model listing them in another order gets its per-class
+    tensors (classifier rows, the FPN lateral's score-map columns) by name: the same maps, reordered."""
+    from denseclip.engine import AtomicDetectionCheckpointer
+
+    AtomicDetectionCheckpointer(tiny_model.eval(), str(tmp_path)).save("tiny")
+    reordered = build_model(load_config(BASE_CONFIG, tiny_opts(classes=CLASSES[::-1]))).eval()
+    AtomicDetectionCheckpointer(reordered).load(str(tmp_path / "tiny.pth"))
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    with torch.no_grad():
+        torch.testing.assert_close(reordered(inputs)[0]["sem_seg"], tiny_model(inputs)[0]["sem_seg"].flip(0), atol=1e-5, rtol=1e-5)

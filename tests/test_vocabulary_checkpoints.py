@@ -1,6 +1,6 @@
 """A trained model carries its vocabulary: checkpoints record the class names, per-class tensors are
 matched by name when loading (another order, another vocabulary, fine-tuning), configs take the
-names from their datasets (Detectron2's registration included) or from MODEL.WEIGHTS."""
+names from their datasets (Detectron2's registration included), the predictor also from MODEL.WEIGHTS."""
 import logging
 
 import pytest
@@ -9,8 +9,11 @@ from conftest import load_config
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
+from denseclip.data import register_datasets_from_config
 from denseclip.engine import AtomicDetectionCheckpointer, build_config
 from denseclip.engine.checkpoint import checkpoint_vocabulary
+from denseclip.modeling import vocabulary_from_config
+from denseclip.modeling.vocabulary import record_vocabulary
 
 TINY = ["MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json", "MODEL.FPN.OUT_CHANNELS", 32,
         "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "MODEL.ROI_MASK_HEAD.CONV_DIM", 32]
@@ -97,14 +100,17 @@ def test_fine_tuning_reinitialises_only_the_new_classes(tmp_path):
     assert torch.equal(model.roi_heads.box_head.fc1.weight, trained.roi_heads.box_head.fc1.weight)
 
 
-def test_config_names_come_from_weights_when_nothing_else_names_them(tmp_path):
+def test_predictor_names_come_from_weights_when_nothing_else_names_them(tmp_path):
+    from denseclip.predictor import predictor_vocabulary
+
     trained = tiny_model(LANGUAGE, ["cat", "dog"])
     path = save(trained, tmp_path / "model_final.pth")
     opts = TINY + ["DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu"]
     cfg = build_config(f"configs/{LANGUAGE}", opts)
-    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == ["cat", "dog"] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2
+    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == []  # building a config opens no checkpoint
+    assert predictor_vocabulary(cfg) == ["cat", "dog"]
     with pytest.raises(ValueError, match="Cannot determine the class names"):
-        build_config(f"configs/{LANGUAGE}", opts[:-4])
+        predictor_vocabulary(build_config(f"configs/{LANGUAGE}", opts[:-4]))
 
 
 def test_run_config_yaml_is_reusable(tmp_path):
@@ -113,13 +119,15 @@ def test_run_config_yaml_is_reusable(tmp_path):
 
     paths = generate_synthetic_dataset(str(tmp_path / "shapes"), num_train=2, num_val=1, image_size=64)
     spec = f"vocab_yaml_train={paths['train_json']}:{paths['train_image_root']}"
-    cfg = build_config(f"configs/{LANGUAGE}", TINY + ["DATASETS.TRAIN", ("vocab_yaml_train",), "MODEL.DEVICE", "cpu"],
-                       dataset_specs=[spec])
+    cfg = build_config(f"configs/{LANGUAGE}", TINY + ["DATASETS.TRAIN", ("vocab_yaml_train",), "DATASETS.TEST", (), "MODEL.DEVICE", "cpu"])
+    register_datasets_from_config(cfg, [spec])
+    record_vocabulary(cfg)  # what train_net's setup does
     dumped = tmp_path / "config.yaml"
     dumped.write_text(cfg.dump())
     again = build_config(str(dumped))
     assert list(again.MODEL.DENSECLIP.CLASS_NAMES) == list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
     assert len(again.MODEL.DENSECLIP.CLASS_NAMES) == 8 and list(again.DATASETS.REGISTER) == [spec]
+    assert register_datasets_from_config(again)[0] == "vocab_yaml_train"
 
 
 def test_detectron2_registration_and_builtin_names(tmp_path):
@@ -132,9 +140,10 @@ def test_detectron2_registration_and_builtin_names(tmp_path):
     paths = generate_synthetic_dataset(str(tmp_path / "shapes"), num_train=2, num_val=1, image_size=64)
     register_coco_instances("vocab_tutorial_train", {}, paths["train_json"], paths["train_image_root"])
     cfg = build_config(f"configs/{LANGUAGE}", TINY + ["DATASETS.TRAIN", ("vocab_tutorial_train",), "DATASETS.TEST", ()])
-    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == list(SYNTHETIC_CLASSES)
+    assert vocabulary_from_config(cfg) == list(SYNTHETIC_CLASSES)
     cfg = build_config(f"configs/{LANGUAGE}", TINY + ["DATASETS.TRAIN", ("coco_2017_train",)])
-    assert len(cfg.MODEL.DENSECLIP.CLASS_NAMES) == 80 and cfg.MODEL.DENSECLIP.CLASS_NAMES[0] == "person"
+    names = vocabulary_from_config(cfg)
+    assert len(names) == 80 and names[0] == "person"
 
 
 def test_open_clip_random_init_warning_is_replaced_by_what_is_loaded(caplog):
@@ -154,11 +163,13 @@ def test_stale_class_names_of_another_size_are_an_error(tmp_path):
     paths = generate_synthetic_dataset(str(tmp_path / "shapes"), num_train=2, num_val=1, image_size=64)
     spec = f"vocab_stale_train={paths['train_json']}:{paths['train_image_root']}"
     opts = TINY + ["DATASETS.TRAIN", ("vocab_stale_train",), "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog"]]
+    cfg = build_config(f"configs/{LANGUAGE}", opts)
+    register_datasets_from_config(cfg, [spec])
     with pytest.raises(ValueError, match=r"CLASS_NAMES has 2 names but DATASETS.TRAIN 'vocab_stale_train' has 8"):
-        build_config(f"configs/{LANGUAGE}", opts, dataset_specs=[spec], check_datasets=True)
+        record_vocabulary(cfg)
     renamed = [f"shape {i}" for i in range(8)]  # other prompts for the same 8 classes are fine
-    cfg = build_config(f"configs/{LANGUAGE}", opts[:-1] + [renamed] + ["DATASETS.TEST", ()], dataset_specs=[spec],
-                       check_datasets=True)
+    cfg = build_config(f"configs/{LANGUAGE}", opts[:-1] + [renamed] + ["DATASETS.TEST", ()])
+    record_vocabulary(cfg)
     assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == renamed
 
 

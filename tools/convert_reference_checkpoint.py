@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Convert a checkpoint of the DenseCLIP authors (raoyongming/DenseCLIP, mmdetection) to this
-project's Detectron2 layout.
+"""Convert a checkpoint of the DenseCLIP authors (raoyongming/DenseCLIP: detectors, mmdetection; Semantic
+FPN models, mmseg) to this project's Detectron2 layout.
 
     python tools/convert_reference_checkpoint.py retinanet_denseclip_r50.pth output/retinanet_denseclip_R50.pth
+    python tools/convert_reference_checkpoint.py denseclip_fpn_res50.pth output/semantic_fpn_denseclip_R50.pth
 
 The output holds ``{"model": state_dict, "vocabulary": [the checkpoint's CLASSES]}`` and is loaded with
-``MODEL.WEIGHTS`` under the paper config of the same name (configs/COCO/*_{denseclip,clip}_R{50,101}_FPN_1x.yaml).
+``MODEL.WEIGHTS`` under the paper config of the same model (configs/COCO/*_{denseclip,clip}_R{50,101}_FPN_1x.yaml,
+configs/ADE20K/semantic_fpn_{denseclip,clip}_*.yaml).
 ``MODEL.WEIGHTS`` also accepts the reference file directly: the checkpointer converts it on load.
 """
 import argparse
@@ -32,7 +34,7 @@ def main() -> None:
     # only tensors and plain meta data.
     checkpoint = torch.load(args.source, map_location="cpu", weights_only=True)
     if not is_reference_checkpoint(checkpoint):
-        sys.exit(f"{args.source}: not an mmdetection checkpoint (expected the keys 'state_dict' and 'meta')")
+        sys.exit(f"{args.source}: not an mmdetection / mmseg checkpoint (expected the keys 'state_dict' and 'meta')")
     layout = detect_reference_layout(checkpoint["state_dict"])
     converted = {"model": convert_reference_state_dict(checkpoint["state_dict"])}
     classes = checkpoint["meta"].get("CLASSES") if isinstance(checkpoint["meta"], dict) else None
@@ -40,7 +42,7 @@ def main() -> None:
         converted["vocabulary"] = list(classes)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, args.output)
-    kind = f"{layout.detector} {'DenseCLIP' if layout.denseclip else 'CLIP baseline'}"
+    kind = f"{layout.detector}{' ViT' if layout.vit else ''} {'DenseCLIP' if layout.denseclip else 'CLIP baseline'}"
     print(f"{args.source}: {kind}, {len(converted['model'])} tensors -> {args.output}")
 
 

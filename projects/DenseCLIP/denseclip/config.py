@@ -31,8 +31,9 @@ def add_denseclip_config(cfg: CN) -> None:
     # Stages (stem=1, res2=2, ...) frozen from the start; 0 trains everything (reference recipe).
     _C.MODEL.CLIP.FREEZE_AT = 0
     _C.MODEL.CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    # Keep the attention pool (needed for DenseCLIP's dense/global embeddings). The "CLIP baseline"
-    # configs drop it, as the paper's RN50-CLIP rows do.
+    # CLIP backbones (build_clip_*): keep the attention pool, whose dense/global embeddings the
+    # CLIP backbone then outputs too. The "CLIP baseline" configs drop it, as the paper's RN50-CLIP
+    # rows do; DenseCLIP's backbones (build_denseclip_*) always keep it.
     _C.MODEL.CLIP.WITH_ATTENTION_POOL = False
     # CLIP ResNets: how the attention pool's positional embedding (CLIP's 7x7 grid) fits a res5 grid
     # of any size. "interpolate" (this project's default): bicubic resize of CLIP's grid to every
@@ -105,7 +106,9 @@ def add_denseclip_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- DenseCLIP
     _C.MODEL.DENSECLIP = CN()
-    # Vocabulary; empty = thing_classes of the metadata of DATASETS.TRAIN[0].
+    # Vocabulary; empty = thing_classes of the metadata of DATASETS.TRAIN[0]
+    # (denseclip.modeling.vocabulary_from_config). The heads' NUM_CLASSES (MODEL.ROI_HEADS /
+    # MODEL.RETINANET) of the DenseCLIP configs is 0 = the vocabulary's size.
     _C.MODEL.DENSECLIP.CLASS_NAMES = []
     # "learnable" (CoOp context vectors, the reference) or "template" (fixed text prompt).
     _C.MODEL.DENSECLIP.PROMPT = "learnable"
@@ -145,6 +148,9 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.FUSE_RAW_SCORES = False
     # Weight of the auxiliary pixel-text loss; 0 disables it.
     _C.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT = 1.0
+    # Inference outputs also hold "score_maps": K x H x W pixel-text probabilities at the output
+    # size (the model's ``return_score_maps``, which the predictor turns on when asked).
+    _C.MODEL.DENSECLIP.RETURN_SCORE_MAPS = False
 
     # "language": classifiers whose weights are the text embeddings (open vocabulary);
     # "stock": Detectron2's heads, as in the reference implementation.

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 from detectron2.config import CfgNode
 
+from .data import register_datasets_from_config
 from .engine.config import build_config
 from .predictor import VOCABULARY_PRESETS, DenseCLIPPredictor, parse_vocabulary
 from .visualization import VideoDrawer, draw_predictions, score_map_overlay
@@ -92,12 +93,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Config file and --opts (``build_config``), then --confidence-threshold where --opts set no
-    threshold, then --cpu; frozen. The class names are resolved by the predictor (a --vocabulary
-    may have to name them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError``
-    naming the overrides as given, as train_net.py does."""
+    """Config file and --opts (``build_config``), the config's datasets registered (their class
+    names may be the vocabulary), then --confidence-threshold where --opts set no threshold, then
+    --cpu; frozen. The class names are resolved by the predictor (a --vocabulary may have to name
+    them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError`` naming the
+    overrides as given, as train_net.py does."""
     opts = list(getattr(args, "opts", None) or [])
-    cfg = build_config(args.config_file, opts, resolve_classes=False)
+    cfg = build_config(args.config_file, opts)
+    register_datasets_from_config(cfg)
     threshold = getattr(args, "confidence_threshold", None)
     if threshold is not None:
         given = set(opts[0::2])

@@ -4,8 +4,9 @@
 from MODEL.WEIGHTS, resize per INPUT.MIN/MAX_SIZE_TEST, BGR input converted per INPUT.FORMAT) with
 two additions: ``set_vocabulary`` detects classes given by name (language-guided heads), and
 ``score_maps`` returns DenseCLIP's pixel-text score maps as per-class probability maps aligned with
-the original image. ``parse_vocabulary`` reads a vocabulary: comma-separated names or the name of
-a preset (``VOCABULARY_PRESETS``: the class lists of COCO, LVIS, Pascal VOC, Cityscapes).
+the original image (the model's "score_maps" output). Plain ``DefaultPredictor(cfg)`` works as
+well. ``parse_vocabulary`` reads a vocabulary: comma-separated names or the name of a preset
+(``VOCABULARY_PRESETS``: the class lists of COCO, LVIS, Pascal VOC, Cityscapes).
 
 Drawing lives in :mod:`denseclip.visualization`, the command line in :mod:`denseclip.demo_cli`
 (``demo.py`` at the repository root).
@@ -13,11 +14,11 @@ Drawing lives in :mod:`denseclip.visualization`, the command line in :mod:`dense
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -25,10 +26,8 @@ from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from .engine.checkpoint import AtomicDetectionCheckpointer
-from .engine.config import resolve_config_vocabulary
-from .modeling.vocabulary import resolve_vocabulary
-from .text import validate_vocabulary
+from .engine.checkpoint import AtomicDetectionCheckpointer, checkpoint_vocabulary
+from .modeling.vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ __all__ = [
     "DenseCLIPPredictor",
     "VOCABULARY_PRESETS",
     "parse_vocabulary",
-    "score_map_probabilities",
-    "top_score_map_classes",
+    "predictor_vocabulary",
     "vocabulary_preset",
 ]
 
@@ -96,8 +94,8 @@ def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[st
     A string that is exactly the name of a preset (``VOCABULARY_PRESETS``, surrounding blanks
     ignored) selects the preset; any other string is a comma-separated list, so ``"coco,"`` is
     the one class "coco". Blanks around names are stripped and empty entries dropped; a list is
-    taken as names (never a preset); ``None`` means "no vocabulary". The names are then checked by
-    :func:`denseclip.text.validate_vocabulary` (ValueError).
+    taken as names (never a preset); ``None`` means "no vocabulary". The names are checked where
+    they enter the model (``model.set_vocabulary`` / its text side: empty, blank, duplicates).
     """
     if value is None:
         return None
@@ -107,8 +105,28 @@ def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[st
     names = [n for n in (str(n).strip() for n in items) if n]
     if not names:
         raise ValueError(f"the vocabulary {value!r} contains no class name; give comma-separated names, e.g. \"cat,sofa\"")
-    validate_vocabulary(names)
     return names
+
+
+def predictor_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None) -> List[str]:
+    """The class names a predictor builds its model with: the config's
+    (:func:`~denseclip.modeling.vocabulary_from_config`: MODEL.DENSECLIP.CLASS_NAMES, else the
+    classes of DATASETS.TRAIN[0]); when it names none, those recorded in the checkpoint
+    MODEL.WEIGHTS (read here, the one place outside the checkpointer that opens it), else
+    ``vocabulary``. The checkpointer then matches the weights' classes to them by name."""
+    kind = VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE, "thing")
+    try:
+        return vocabulary_from_config(cfg, kind)
+    except ValueError as e:
+        weights = cfg.MODEL.WEIGHTS
+        names = checkpoint_vocabulary(weights) if weights and os.path.isfile(weights) else None
+        if names:
+            logger.info("Vocabulary: the %d class names recorded in MODEL.WEIGHTS %s", len(names), weights)
+            return names
+        if vocabulary:
+            logger.info("The config names no classes: building the model with the vocabulary %s", list(vocabulary))
+            return list(vocabulary)
+        raise ValueError(f"{e}; or give the predictor a vocabulary, or MODEL.WEIGHTS a checkpoint that records its class names") from None
 
 
 def _metadata_for(names: Sequence[str], base: Optional[Metadata] = None) -> Metadata:
@@ -127,10 +145,9 @@ class DenseCLIPPredictor(DefaultPredictor):
 
     Args:
         cfg: a config with the DenseCLIP keys (``add_denseclip_config``).
-        vocabulary: optional class names to detect. When the config cannot name the classes the
-            model was trained with (MODEL.DENSECLIP.CLASS_NAMES empty and no metadata for
-            DATASETS.TRAIN[0]), the model is built with these names; otherwise it is built with
-            the training vocabulary, MODEL.WEIGHTS is loaded, and then the vocabulary is swapped.
+        vocabulary: optional class names to detect. The model is built with the names of
+            :func:`predictor_vocabulary` (the config's, else MODEL.WEIGHTS', else these),
+            MODEL.WEIGHTS is loaded, and then the vocabulary is swapped to these.
 
     Attributes:
         model, cfg, aug, input_format: as in ``DefaultPredictor``.
@@ -145,17 +162,7 @@ class DenseCLIPPredictor(DefaultPredictor):
         vocabulary = parse_vocabulary(vocabulary)
         self.cfg = cfg.clone()
         self.cfg.defrost()
-        try:
-            resolve_config_vocabulary(self.cfg)  # the config's, its datasets' or MODEL.WEIGHTS' names
-        except ValueError:
-            if not vocabulary:
-                raise ValueError(
-                    "Cannot determine the class names to build the model: set MODEL.DENSECLIP.CLASS_NAMES, "
-                    "use a config whose DATASETS.TRAIN[0] is registered with thing_classes, or give a vocabulary"
-                ) from None
-            logger.info("The config names no classes: building the model with the vocabulary %s", vocabulary)
-            self.cfg.MODEL.DENSECLIP.CLASS_NAMES = list(vocabulary)
-            resolve_vocabulary(self.cfg)
+        self.cfg.MODEL.DENSECLIP.CLASS_NAMES = predictor_vocabulary(self.cfg, vocabulary)
         self.cfg.freeze()
 
         self.model = build_model(self.cfg)
@@ -223,34 +230,25 @@ class DenseCLIPPredictor(DefaultPredictor):
     def predict(
         self, original_image: np.ndarray, with_score_maps: bool = False, max_score_maps: Optional[int] = None
     ) -> Tuple[Dict, Optional[Tuple[np.ndarray, List[str]]]]:
-        """Predictions and, with ``with_score_maps``, the score maps of the same forward pass (see
-        :meth:`score_maps`; ``max_score_maps`` keeps the classes with the highest maximum)."""
+        """Predictions and, with ``with_score_maps``, the score maps of the same forward pass (the
+        model's "score_maps" output, see :meth:`score_maps`; ``max_score_maps`` keeps the classes
+        with the highest maximum, highest first)."""
         inputs = self._inputs(original_image)
-        captured: Dict[str, torch.Tensor] = {}
-
-        def capture_padded_size(module, args):
-            captured["padded_size"] = tuple(args[0].shape[-2:])
-
-        def capture_score_map(module, args, output):
-            captured["logits"] = output.score_map[0].detach()
-
-        handles = []
-        if with_score_maps:
-            handles = [self.model.backbone.register_forward_pre_hook(capture_padded_size),
-                       self.model.text_side.register_forward_hook(capture_score_map)]
+        asked = self.model.return_score_maps
+        self.model.return_score_maps = with_score_maps
         try:
             with torch.no_grad():
                 predictions = self.model([inputs])[0]
         finally:
-            for handle in handles:
-                handle.remove()
+            self.model.return_score_maps = asked
         if not with_score_maps:
             return predictions, None
-        image_size = tuple(inputs["image"].shape[-2:])
-        maps = self._postprocess_score_maps(
-            captured["logits"], captured["padded_size"], image_size, (inputs["height"], inputs["width"]), max_score_maps
-        )
-        return predictions, maps
+        maps = predictions.pop("score_maps")
+        order = list(range(maps.shape[0]))
+        if max_score_maps is not None and 0 < max_score_maps < maps.shape[0]:
+            order = maps.flatten(1).max(dim=1).values.argsort(descending=True)[:max_score_maps].tolist()
+        names = self.class_names
+        return predictions, (maps[order].cpu().numpy(), [names[i] for i in order])
 
     def score_maps(self, original_image: np.ndarray, max_classes: Optional[int] = None) -> Tuple[np.ndarray, List[str]]:
         """DenseCLIP's pixel-text score maps of a BGR image as probabilities.
@@ -262,64 +260,4 @@ class DenseCLIPPredictor(DefaultPredictor):
         ``max_classes``, only the classes with the highest maximum probability are returned,
         highest first.
         """
-        inputs = self._inputs(original_image)
-        with torch.no_grad():
-            images = self.model.preprocess_image([inputs])
-            logits = self.model.extract_features(images).score_map[0]
-        return self._postprocess_score_maps(
-            logits, tuple(images.tensor.shape[-2:]), tuple(images.image_sizes[0]), (inputs["height"], inputs["width"]), max_classes
-        )
-
-    def _postprocess_score_maps(
-        self,
-        logits: torch.Tensor,
-        padded_size: Tuple[int, int],
-        image_size: Tuple[int, int],
-        output_size: Tuple[int, int],
-        max_classes: Optional[int] = None,
-    ) -> Tuple[np.ndarray, List[str]]:
-        names = self.class_names
-        order = top_score_map_classes(logits, padded_size, image_size, max_classes)
-        maps = score_map_probabilities(logits, padded_size, image_size, output_size, classes=order)
-        return maps, [names[i] for i in order]
-
-
-def top_score_map_classes(
-    logits: torch.Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int], max_classes: Optional[int] = None
-) -> List[int]:
-    """Indices of the ``max_classes`` classes (all when None or <= 0) of K x h x w score-map logits
-    with the highest maximum over the cells that cover the image (not its padding), highest first.
-    Bilinear upsampling never exceeds the values it interpolates, so the low-resolution maximum
-    ranks the classes as the full-resolution one would."""
-    k, h, w = logits.shape
-    if max_classes is None or max_classes <= 0 or max_classes >= k:
-        return list(range(k))
-    rows = max(1, min(h, -(-image_size[0] * h // padded_size[0])))
-    cols = max(1, min(w, -(-image_size[1] * w // padded_size[1])))
-    peak = logits[:, :rows, :cols].float().flatten(1).max(dim=1).values
-    return peak.argsort(descending=True)[:max_classes].tolist()
-
-
-def score_map_probabilities(
-    logits: torch.Tensor,
-    padded_size: Tuple[int, int],
-    image_size: Tuple[int, int],
-    output_size: Tuple[int, int],
-    classes: Optional[Sequence[int]] = None,
-    chunk: int = 8,
-) -> np.ndarray:
-    """Score-map logits (K x h x w, computed on a padded input of ``padded_size``) as probabilities
-    aligned with the original image: bilinearly upsampled to the padded size, cropped to the
-    ``image_size`` the image had inside the padding (top-left), resized to ``output_size`` and
-    passed through a sigmoid. Returns a len(classes) x H x W float32 array. Classes are processed
-    ``chunk`` at a time to bound memory at large padded sizes."""
-    classes = list(range(logits.shape[0])) if classes is None else list(classes)
-    out = np.empty((len(classes), output_size[0], output_size[1]), dtype=np.float32)
-    for start in range(0, len(classes), chunk):
-        index = classes[start : start + chunk]
-        maps = logits[index][None].float()
-        maps = F.interpolate(maps, size=tuple(padded_size), mode="bilinear", align_corners=False)
-        maps = maps[..., : image_size[0], : image_size[1]]
-        maps = F.interpolate(maps, size=tuple(output_size), mode="bilinear", align_corners=False)
-        out[start : start + len(index)] = maps[0].sigmoid().cpu().numpy()
-    return out
+        return self.predict(original_image, with_score_maps=True, max_score_maps=max_classes)[1]

@@ -1,11 +1,12 @@
 """Builders registering CLIP image encoders (alone and with an FPN) with Detectron2."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import open_clip
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
@@ -148,10 +149,30 @@ def retinanet_top_block(cfg: CfgNode, res5_channels: int) -> LastLevelP6P7:
     return block(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
 
 
+class SemanticFPN(FPN):
+    """Detectron2's FPN (same modules and names) without extra levels, whose top-down pathway resizes
+    each level to the size of the next one (nearest), as mmseg's FPN does: the same as Detectron2's 2x
+    upsampling for inputs divisible by 32, and defined for the reference's unpadded test windows too."""
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.bottom_up(x)
+        names = self.in_features[::-1]  # low to high resolution, the order of lateral_convs here
+        prev = self.lateral_convs[0](features[names[0]])
+        results = [self.output_convs[0](prev)]
+        for name, lateral_conv, output_conv in zip(names[1:], self.lateral_convs[1:], self.output_convs[1:]):
+            lateral = lateral_conv(features[name])
+            prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
+            results.insert(0, output_conv(prev))
+        return dict(zip(self._out_features, results))
+
+
 def semantic_fpn_on(cfg: CfgNode, bottom_up: Backbone) -> FPN:
     """The reference's segmentation neck (mmseg FPN, num_outs 4): P2-P5, no extra level, its convs
     Kaiming-initialised as mmcv's ConvModule does (Detectron2's FPN uses Xavier's)."""
-    fpn = fpn_on(cfg, bottom_up, top_block=None)
+    if cfg.MODEL.FPN.FUSE_TYPE != "sum":
+        raise ValueError(f"MODEL.FPN.FUSE_TYPE: the Semantic FPN neck sums its levels, got '{cfg.MODEL.FPN.FUSE_TYPE}'")
+    fpn = SemanticFPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+                      norm=cfg.MODEL.FPN.NORM, top_block=None)
     for conv in [*fpn.lateral_convs, *fpn.output_convs]:
         weight_init.c2_msra_fill(conv)
     return fpn

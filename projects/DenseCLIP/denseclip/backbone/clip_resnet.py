@@ -142,6 +142,8 @@ class CLIPResNet(Backbone):
         if with_attention_pool and pos_embed_mode in BUILD_TIME_GRID_MODES:
             resize_pos_embed_grid(visual.attnpool, pos_embed_grid)
         self._out_features = list(out_features)
+        # Detectron2 pads inputs to multiples of 32; the segmentors' unpadded test windows need not be.
+        self.strict_input_size = True
         width = visual.conv3.out_channels  # the stem's output width (64 for RN50/RN101)
         self._out_feature_channels = {f"res{i + 2}": width * 4 * 2 ** i for i in range(4)}
         self._out_feature_strides = {f"res{i + 2}": 4 * 2 ** i for i in range(4)}
@@ -172,7 +174,7 @@ class CLIPResNet(Backbone):
         return shapes
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:
+        if x.dim() != 4 or (self.strict_input_size and (x.shape[-2] % 32 or x.shape[-1] % 32)):
             raise ValueError(f"CLIPResNet expects B x 3 x H x W with H, W divisible by 32, got {tuple(x.shape)}")
         v = self.visual
         outputs = {}

@@ -166,6 +166,8 @@ class CLIPViT(Backbone):
             if name not in self.pyramid:
                 raise ValueError(f"MODEL.CLIP.OUT_FEATURES: '{name}' is not produced by scales {list(scales)}")
         self._out_features = list(out_features)
+        # Detectron2 pads inputs to multiples of 32; the segmentors' unpadded test windows need not be.
+        self.strict_input_size = True
 
     @property
     def size_divisibility(self) -> int:
@@ -207,7 +209,8 @@ class CLIPViT(Backbone):
         return tokens, grid
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if x.dim() != 4 or x.shape[-2] % self.size_divisibility or x.shape[-1] % self.size_divisibility:
+        divisible = not (x.shape[-2] % self.size_divisibility or x.shape[-1] % self.size_divisibility)
+        if x.dim() != 4 or (self.strict_input_size and not divisible):
             raise ValueError(
                 f"CLIPViT expects B x 3 x H x W with H, W divisible by {self.size_divisibility}, got {tuple(x.shape)}"
             )

@@ -32,7 +32,6 @@ from detectron2.utils import comm
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch.nn.parallel import DistributedDataParallel
 
-from ..modeling import upgrade_state_dict_layout
 from ..reference_checkpoint import convert_reference_state_dict, is_reference_checkpoint
 
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "checkpoint_vocabulary"]
@@ -237,14 +236,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Any) -> Any:
         state = checkpoint.get("model") or {}
         _strip_prefix_if_present(state, "module.")
-        # Before fvcore compares shapes by name: first-layout checkpoints get today's names, and the
-        # per-class tensors of a checkpoint that records its vocabulary follow this model's, by name.
-        upgrade_state_dict_layout(state)
+        # Before fvcore compares shapes by name, the model makes the checkpoint fit (first-layout
+        # names; per-class tensors of a checkpoint that records its vocabulary follow the model's, by name).
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         vocabulary = checkpoint.get("vocabulary")
-        if vocabulary and hasattr(model, "adapt_checkpoint_vocabulary"):
-            new = model.adapt_checkpoint_vocabulary(state, list(vocabulary), fresh_new_classes=self.reinit_mismatched)
-            if list(vocabulary) != model.class_names:
+        if hasattr(model, "adapt_checkpoint"):
+            new = model.adapt_checkpoint(state, vocabulary, fresh_new_classes=self.reinit_mismatched)
+            if vocabulary and list(vocabulary) != model.class_names:
                 self.logger.info(
                     f"'{self._loading}' was trained on {len(vocabulary)} classes; matched by name to the model's "
                     f"{len(model.class_names)}" + (

@@ -1,6 +1,8 @@
-"""The one way this project builds a config: ``get_cfg`` + ``add_denseclip_config`` + file +
-overrides + device fallback + datasets + vocabulary. train_net, the demo, the benchmark and the
-tests all call :func:`build_config`."""
+"""Config building for the command lines: ``get_cfg`` + ``add_denseclip_config`` + file +
+overrides, with errors that name the file or the overrides, the CPU fallback of MODEL.DEVICE, the
+lr steps of SOLVER.STEP_FRACTIONS, and keys the models would ignore rejected. Nothing else: datasets
+are registered by explicit calls (:func:`denseclip.data.register_datasets_from_config`) and the
+vocabulary is the model's business (:func:`denseclip.modeling.vocabulary_from_config`)."""
 from __future__ import annotations
 
 import difflib
@@ -14,30 +16,15 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from ..config import add_denseclip_config
-from ..data import register_datasets_from_spec, register_synthetic_from_config
-from ..modeling.vocabulary import check_vocabulary_fits_datasets, resolve_vocabulary
-from .checkpoint import checkpoint_vocabulary
 from .optimizer import resolve_step_fractions
 
-__all__ = [
-    "ConfigError",
-    "DENSECLIP_META_ARCHITECTURES",
-    "build_config",
-    "check_dataset_names",
-    "merge_config_file",
-    "merge_overrides",
-    "resolve_config_vocabulary",
-]
+__all__ = ["ConfigError", "build_config", "check_dataset_names", "merge_config_file", "merge_overrides"]
 
 logger = logging.getLogger("denseclip")
 
 # What yacs raises for an unknown key (KeyError), a value of the wrong type (ValueError), an odd
 # override list (AssertionError), and what YAML parsing raises.
 _CONFIG_ERRORS = (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError)
-
-# Meta-architectures whose vocabulary (MODEL.DENSECLIP.CLASS_NAMES) is resolved into the config.
-DENSECLIP_META_ARCHITECTURES = ("DenseCLIPRCNN", "DenseCLIPRetinaNet")
-
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema of ``add_denseclip_config``."""
@@ -178,21 +165,11 @@ def check_dataset_names(cfg: CfgNode) -> None:
         )
 
 
-def build_config(
-    config_file: str = "",
-    opts: Sequence[str] = (),
-    *,
-    dataset_specs: Sequence[str] = (),
-    resolve_classes: bool = True,
-    check_datasets: bool = False,
-) -> CfgNode:
+def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     """An unfrozen config: defaults with the DenseCLIP keys, ``config_file``, then the KEY VALUE
-    ``opts``; MODEL.DEVICE falls back to the CPU without CUDA; SOLVER.STEP_FRACTIONS resolved into
-    SOLVER.STEPS (:func:`_resolve_lr_steps`); keys the models would ignore rejected; datasets of
-    ``dataset_specs`` and DATASETS.REGISTER registered (and the generated one placed per
-    DATASETS.SYNTHETIC); with ``check_datasets`` (training, evaluation) every name of
-    DATASETS.TRAIN/TEST must be registered; for DenseCLIP models the vocabulary is written into
-    MODEL.DENSECLIP.CLASS_NAMES / NUM_CLASSES."""
+    ``opts`` (:class:`ConfigError` naming the file or the overrides); MODEL.DEVICE falls back to the
+    CPU without CUDA; SOLVER.STEP_FRACTIONS resolved into SOLVER.STEPS (:func:`_resolve_lr_steps`);
+    keys the models would ignore rejected."""
     cfg = get_cfg()
     add_denseclip_config(cfg)
     if config_file:
@@ -204,33 +181,4 @@ def build_config(
         cfg.MODEL.DEVICE = "cpu"
     _resolve_lr_steps(cfg, _key_layers(config_file, opts))
     _check_unsupported_keys(cfg, opts)
-    specs = list(dict.fromkeys(list(dataset_specs) + list(cfg.DATASETS.REGISTER)))
-    if specs:
-        register_datasets_from_spec(specs)
-        # Recorded in the config (and so in the run's config.yaml, which then registers them again).
-        cfg.DATASETS.REGISTER = specs
-    register_synthetic_from_config(cfg)
-    if check_datasets:
-        check_dataset_names(cfg)
-    if resolve_classes and cfg.MODEL.META_ARCHITECTURE in DENSECLIP_META_ARCHITECTURES:
-        try:
-            resolve_config_vocabulary(cfg)
-            if check_datasets:
-                check_vocabulary_fits_datasets(cfg)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
     return cfg
-
-
-def resolve_config_vocabulary(cfg: CfgNode) -> None:
-    """:func:`resolve_vocabulary`; when neither the config nor its datasets name the classes, the
-    names recorded in MODEL.WEIGHTS (a checkpoint of this project, or the authors')."""
-    try:
-        resolve_vocabulary(cfg)
-    except ValueError:
-        names = checkpoint_vocabulary(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS) else None
-        if not names:
-            raise
-        logger.info("Vocabulary: the %d class names recorded in MODEL.WEIGHTS %s", len(names), cfg.MODEL.WEIGHTS)
-        cfg.MODEL.DENSECLIP.CLASS_NAMES = names
-        resolve_vocabulary(cfg)

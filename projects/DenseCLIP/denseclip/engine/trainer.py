@@ -24,10 +24,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_denseclip_config
-from ..data import RobustDatasetMapper
+from ..data import RobustDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
+from ..modeling.vocabulary import record_vocabulary
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import ConfigError, build_config, merge_config_file, merge_overrides
+from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 
 __all__ = [
@@ -347,18 +348,21 @@ def _make_deterministic(cfg: CfgNode) -> None:
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Frozen config for ``args`` (:func:`build_config`: config file, KEY VALUE overrides, datasets
-    of ``--dataset`` and DATASETS.REGISTER, vocabulary), logging/output dir/seeding by
-    ``default_setup``, plus the "denseclip" logger."""
-    # Messages of build_config (dataset registration, device fallback, vocabulary, lr steps) come
+    """Frozen config for ``args``: :func:`build_config` (config file, KEY VALUE overrides), the
+    datasets of ``--dataset``, DATASETS.REGISTER and DATASETS.SYNTHETIC registered, every name of
+    DATASETS.TRAIN/TEST checked, the vocabulary recorded in MODEL.DENSECLIP.CLASS_NAMES (so that the
+    run's config.yaml names the classes) and checked against the datasets; then logging, output dir
+    and seeding by ``default_setup``, plus the "denseclip" logger."""
+    # Messages of these steps (dataset registration, device fallback, vocabulary, lr steps) come
     # before logging is set up: held back, then written to the console and log.txt.
     with _HeldLogRecords("denseclip") as held:
-        cfg = build_config(
-            args.config_file,
-            args.opts or [],
-            dataset_specs=list(getattr(args, "dataset", None) or []),
-            check_datasets=True,
-        )
+        cfg = build_config(args.config_file, args.opts or [])
+        register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        check_dataset_names(cfg)
+        try:
+            record_vocabulary(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.

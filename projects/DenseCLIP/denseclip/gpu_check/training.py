@@ -44,7 +44,7 @@ def prepare_data(args, out: Path) -> Dict[str, Any]:
     num_train, num_val = (4, 2) if args.tiny else (32, 16)
     root = str(out / "synthetic_shapes")
     train, test = register_synthetic_dataset(root, num_train, num_val)
-    # The same parameters as config keys: every build_config (training, demo) registers it alike.
+    # The same parameters as config keys: every registration from the config (training, demo) is alike.
     opts = ["DATASETS.SYNTHETIC.ROOT", root, "DATASETS.SYNTHETIC.NUM_TRAIN", str(num_train),
             "DATASETS.SYNTHETIC.NUM_VAL", str(num_val)]
     return {"name": "synthetic_shapes", "root": root, "train": train, "test": test, "opts": opts}
@@ -70,9 +70,11 @@ def run_overrides(args, data: Dict[str, Any], precision: Optional[str], out: Pat
 
 
 def load_run_config(run: TrainRun, opts: Sequence[str]):
+    from ..data import register_datasets_from_config
     from ..engine import build_config
 
     cfg = build_config(str(resolve_config_path(run.config)), list(run.opts) + list(opts))
+    register_datasets_from_config(cfg)
     cfg.freeze()
     return cfg
 

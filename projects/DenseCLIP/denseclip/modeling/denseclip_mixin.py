@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import FPN, Backbone
 from detectron2.structures import ImageList, Instances
 
-from ..text import ContextDecoder, PromptTextEncoder
-from .encoders import build_denseclip_encoders
-from .fused_fpn import FusedFeatures, build_fused_fpn
-from .pixel_text import pixel_text_loss
+from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone
+from .fused_fpn import FusedFeatures
+from .pixel_text import pixel_text_loss, score_map_probabilities
 from .text_side import DenseCLIPTextSide, VocabularySlice, reindex_vocabulary_slice
-from .vocabulary import configured_vocabulary
+from .vocabulary import config_for_vocabulary, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,48 +47,34 @@ def upgrade_state_dict_layout(state_dict: Dict[str, torch.Tensor], prefix: str =
     return renamed
 
 
-class DenseCLIPParts(NamedTuple):
-    backbone: Backbone
-    text_side: DenseCLIPTextSide
-    fpn: FPN
+def denseclip_options(cfg: CfgNode) -> Dict[str, Any]:
+    """The meta-architectures' own arguments (besides Detectron2's and the parts)."""
+    return {
+        "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
+        "return_score_maps": cfg.MODEL.DENSECLIP.RETURN_SCORE_MAPS,
+    }
 
 
-def build_denseclip_parts(
-    cfg: CfgNode,
-    retinanet: bool,
-    *,
-    vocabulary: Optional[List[str]] = None,
-    fpn_builder: Optional[Callable[[CfgNode, Dict[str, ShapeSpec]], FPN]] = None,
-) -> DenseCLIPParts:
-    """Image encoder, text side and fused FPN (:func:`build_denseclip_encoders`).
-
-    ``vocabulary``: the class names (default: :func:`configured_vocabulary`, the detectors').
-    ``fpn_builder``: builds the FPN on the fused features' shapes (default: the detectors' FPN,
-    :func:`build_fused_fpn`)."""
-    d = cfg.MODEL.DENSECLIP
-    backbone, clip_model = build_denseclip_encoders(cfg)
-    prompt_encoder = PromptTextEncoder(
-        clip_model,  # only its text tower is used
-        prompt=d.PROMPT,
-        n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
-        template=d.TEMPLATE,
-        name_context_length=d.NAME_CONTEXT_LENGTH,
-        context_length=d.TEXT_CONTEXT_LENGTH,
-        # The one place that decides whether CLIP's text weights train.
-        freeze_text_tower=cfg.SOLVER.TEXT_ENCODER_MULTIPLIER == 0,
-    )
-    decoder = None
-    if d.CONTEXT_DECODER.ENABLED:
-        c = d.CONTEXT_DECODER
-        decoder = ContextDecoder(backbone.embed_dim, width=c.WIDTH, heads=c.HEADS, layers=c.LAYERS, dropout=c.DROPOUT)
-    text_side = DenseCLIPTextSide(
-        prompt_encoder, decoder, vocabulary or configured_vocabulary(cfg), embed_dim=backbone.embed_dim,
-        tau=d.TAU, gamma_init=d.CONTEXT_DECODER.GAMMA_INIT, score_map_feature=d.SCORE_MAP_FEATURE,
-        raw_score_map=d.FUSE_RAW_SCORES,
-    )
-    fused_shapes = text_side.fused_shapes(backbone.output_shape())
-    fpn = fpn_builder(cfg, fused_shapes) if fpn_builder else build_fused_fpn(cfg, fused_shapes, retinanet)
-    return DenseCLIPParts(backbone, text_side, fpn)
+def detectron2_arguments(d2_from_config: Callable[[CfgNode], Dict], cfg: CfgNode, num_classes_key: str,
+                         kind: str = "thing") -> Dict[str, Any]:
+    """Detectron2's ``from_config`` of the base meta-architecture (GeneralizedRCNN, RetinaNet, ...)
+    for a DenseCLIP config: the vocabulary (:func:`vocabulary_from_config` with ``kind``, "thing" or
+    "stuff") is written into the config the parts and heads are built with
+    (MODEL.DENSECLIP.CLASS_NAMES, and ``num_classes_key``, the heads' NUM_CLASSES: its size);
+    MODEL.BACKBONE.NAME builds a :class:`DenseCLIPBackbone`, so Detectron2's heads are built on the
+    fused FPN's shapes; and that backbone is taken apart into the model's ``backbone`` (the CLIP
+    image encoder), ``text_side`` and ``fpn``."""
+    features = None
+    if cfg.MODEL.BACKBONE.NAME in DENSECLIP_BACKBONES:  # checked first: Detectron2 builds heads on its shapes
+        cfg = config_for_vocabulary(cfg, vocabulary_from_config(cfg, kind), num_classes_key)
+        ret = d2_from_config(cfg)
+        features = ret["backbone"]
+    if not isinstance(features, DenseCLIPBackbone):
+        raise ValueError(
+            f"{cfg.MODEL.META_ARCHITECTURE} reads the image encoder, text side and FPN of a DenseCLIP backbone: "
+            f"MODEL.BACKBONE.NAME must build one ({', '.join(DENSECLIP_BACKBONES)}), got '{cfg.MODEL.BACKBONE.NAME}'"
+        )
+    return {**ret, **features.parts()._asdict(), **denseclip_options(cfg)}
 
 
 class DenseCLIPFeatures(NamedTuple):
@@ -106,11 +90,14 @@ class DenseCLIPMetaArchMixin:
     backbone: Backbone
 
     @configurable
-    def __init__(self, *, text_side: DenseCLIPTextSide, fpn: FPN, pixel_text_loss_weight: float = 1.0, **kwargs):
+    def __init__(self, *, text_side: DenseCLIPTextSide, fpn: FPN, pixel_text_loss_weight: float = 1.0,
+                 return_score_maps: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.text_side = text_side
         self.fpn = fpn
         self.pixel_text_loss_weight = pixel_text_loss_weight
+        # Inference outputs also hold "score_maps" (MODEL.DENSECLIP.RETURN_SCORE_MAPS; may be toggled).
+        self.return_score_maps = return_score_maps
         # Tensors of the vocabulary the model was trained with, kept the first time the vocabulary
         # is swapped so that swapping back is exact.
         self._base_vocabulary: Optional[List[str]] = None
@@ -130,6 +117,19 @@ class DenseCLIPMetaArchMixin:
             return {}
         loss = pixel_text_loss(self.text_side.score_logits(dense.score_map), gt_instances, images.tensor.shape[-2:])
         return {"loss_pixel_text": loss * self.pixel_text_loss_weight}
+
+    def add_score_maps(self, results: List[Dict], dense: DenseCLIPFeatures, batched_inputs: List[Dict],
+                       images: ImageList) -> List[Dict]:
+        """With ``return_score_maps``, each output dict gets "score_maps": K x H x W float32
+        probabilities ``sigmoid(cosine / tau)`` of the vocabulary's classes (``class_names`` order),
+        at the output size of the instances (the input's "height"/"width", else the image's)."""
+        if not self.return_score_maps:
+            return results
+        padded = tuple(images.tensor.shape[-2:])
+        for result, logits, inputs, image_size in zip(results, dense.score_map, batched_inputs, images.image_sizes):
+            output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
+            result["score_maps"] = score_map_probabilities(logits, padded, tuple(image_size), output_size)
+        return results
 
     # ------------------------------------------------------------------------------- parameters
     def parameter_groups(self) -> Dict[str, List[Tuple[str, nn.Parameter]]]:
@@ -174,10 +174,11 @@ class DenseCLIPMetaArchMixin:
             )
         names = list(class_names)
         dependent = self.vocabulary_dependent_parameters()
+        base_vocabulary = self._base_vocabulary or self.text_side.vocabulary
+        self.text_side.set_vocabulary(names)  # validates (the one check of a vocabulary) before anything changes
         if self._base_vocabulary is None:
-            self._base_vocabulary = self.text_side.vocabulary
+            self._base_vocabulary = base_vocabulary
             self._base_tensors = {n: self.get_parameter(n).detach().clone() for n in dependent}
-        self.text_side.set_vocabulary(names)  # validates before anything changes
         for name, where in dependent.items():
             new = reindex_vocabulary_slice(self._base_tensors[name], where, self._base_vocabulary, names)
             self._replace_parameter(name, new)
@@ -195,15 +196,18 @@ class DenseCLIPMetaArchMixin:
         if isinstance(module, nn.Conv2d) and attr == "weight":
             module.in_channels = value.shape[1]
 
-    def adapt_checkpoint_vocabulary(self, state_dict: Dict[str, torch.Tensor], checkpoint_vocabulary: List[str],
-                                    fresh_new_classes: bool = False) -> List[str]:
-        """Re-index, in place, the vocabulary-dependent tensors of a checkpoint trained with
-        ``checkpoint_vocabulary`` for this model's vocabulary, by name: a shared name keeps its
-        trained entries (whatever its position), a new name gets the mean of the trained entries
-        or, with ``fresh_new_classes`` (fine-tuning), this model's freshly initialised ones.
-        Returns the names that are new to the checkpoint."""
+    def adapt_checkpoint(self, state_dict: Dict[str, torch.Tensor], checkpoint_vocabulary: Optional[Sequence[str]],
+                         fresh_new_classes: bool = False) -> List[str]:
+        """Make, in place, a checkpoint's state dict fit this model before it is compared with it:
+        first-layout names upgraded (:func:`upgrade_state_dict_layout`), and, when the checkpoint
+        records the vocabulary it was trained with, its vocabulary-dependent tensors re-indexed for
+        this model's by name: a shared name keeps its trained entries (whatever its position), a
+        new name gets the mean of the trained entries or, with ``fresh_new_classes``
+        (fine-tuning), this model's freshly initialised ones. Returns the names new to the checkpoint."""
+        if upgrade_state_dict_layout(state_dict):
+            logger.info("Checkpoint of the first DenseCLIP layout: parameter names upgraded")
         vocabulary = self.text_side.vocabulary
-        if list(checkpoint_vocabulary) == vocabulary:
+        if not checkpoint_vocabulary or list(checkpoint_vocabulary) == vocabulary:
             return []
         current = self.state_dict() if fresh_new_classes else {}
         for name, where in self.vocabulary_dependent_parameters().items():
@@ -214,9 +218,9 @@ class DenseCLIPMetaArchMixin:
         return [n for n in vocabulary if n not in known]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints of the first layout load into this one (keys renamed, as PointRend does).
-        if upgrade_state_dict_layout(state_dict, prefix):
-            logger.info("Checkpoint of the first DenseCLIP layout: parameter names upgraded")
+        # Plain ``load_state_dict`` (e.g. Detectron2's checkpointer) of a first-layout checkpoint:
+        # keys renamed, as PointRend does (this project's checkpointer did it in adapt_checkpoint).
+        upgrade_state_dict_layout(state_dict, prefix)
         # The loaded weights are the new base of vocabulary swaps (those kept before are stale).
         self._base_vocabulary, self._base_tensors = None, {}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,6 +1,8 @@
 """DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the CLIP image
 encoder, with the DenseCLIP text side and an FPN over image features + score maps
-(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`).
+(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`). Their ``from_config`` is
+Detectron2's, run on the registered DenseCLIP backbone (``modeling/denseclip_backbone.py``) with
+the vocabulary's class count; their forward passes add the text to the heads and the pixel-text loss.
 
 Model layout (parameter name prefixes):
     backbone.    CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -14,22 +16,11 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import (
-    META_ARCH_REGISTRY,
-    GeneralizedRCNN,
-    RetinaNet,
-    build_anchor_generator,
-    build_proposal_generator,
-    build_roi_heads,
-)
-from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.structures import Instances
 
 from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding
-from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, build_denseclip_parts
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
 from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
 from .text_side import VocabularySlice
 
@@ -40,19 +31,7 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        # Detectron2's from_config builds the heads on the backbone's shapes; here they read the FPN's.
-        parts = build_denseclip_parts(cfg, retinanet=False)
-        shapes = parts.fpn.output_shape()
-        return {
-            **parts._asdict(),
-            "proposal_generator": build_proposal_generator(cfg, shapes),
-            "roi_heads": build_roi_heads(cfg, shapes),
-            "input_format": cfg.INPUT.FORMAT,
-            "vis_period": cfg.VIS_PERIOD,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
-        }
+        return detectron2_arguments(super().from_config, cfg, "MODEL.ROI_HEADS.NUM_CLASSES")
 
     @property
     def language_guided(self) -> bool:
@@ -97,7 +76,9 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
             results, _ = self.roi_heads(images, dense.features, proposals, None, **self._head_text(dense))
         else:
             results = self.roi_heads.forward_with_given_boxes(dense.features, [x.to(self.device) for x in detected_instances])
-        return self._postprocess(results, batched_inputs, images.image_sizes) if do_postprocess else results
+        if not do_postprocess:
+            return results
+        return self.add_score_maps(self._postprocess(results, batched_inputs, images.image_sizes), dense, batched_inputs, images)
 
 
 @META_ARCH_REGISTRY.register()
@@ -126,34 +107,16 @@ class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        # Detectron2's from_config builds the head on the backbone's shapes; here it reads the FPN's.
-        r = cfg.MODEL.RETINANET
-        parts = build_denseclip_parts(cfg, retinanet=True)
-        shapes: List[ShapeSpec] = [parts.fpn.output_shape()[f] for f in r.IN_FEATURES]
-        head_type = LanguageGuidedRetinaNetHead if uses_language_heads(cfg) else RetinaNetHead
-        return {
-            **parts._asdict(),
-            "head": head_type(cfg, shapes),
-            "anchor_generator": build_anchor_generator(cfg, shapes),
-            "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
-            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "num_classes": r.NUM_CLASSES,
-            "head_in_features": r.IN_FEATURES,
-            "focal_loss_alpha": r.FOCAL_LOSS_ALPHA,
-            "focal_loss_gamma": r.FOCAL_LOSS_GAMMA,
-            "smooth_l1_beta": r.SMOOTH_L1_LOSS_BETA,
-            "box_reg_loss_type": r.BBOX_REG_LOSS_TYPE,
-            "test_score_thresh": r.SCORE_THRESH_TEST,
-            "test_topk_candidates": r.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": r.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "vis_period": cfg.VIS_PERIOD,
-            "input_format": cfg.INPUT.FORMAT,
-            "candidate_selection": r.CANDIDATE_SELECTION,
-            "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
-        }
+        def with_head(cfg: CfgNode) -> Dict:
+            # Detectron2's RetinaNet.from_config builds the stock head; the language-guided one
+            # takes its place on the same feature shapes.
+            ret = super(DenseCLIPRetinaNet, cls).from_config(cfg)
+            if uses_language_heads(cfg):
+                shapes = ret["backbone"].output_shape()
+                ret["head"] = LanguageGuidedRetinaNetHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
+            return ret
+
+        return detectron2_arguments(with_head, cfg, "MODEL.RETINANET.NUM_CLASSES")
 
     @property
     def language_guided(self) -> bool:
@@ -184,4 +147,5 @@ class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
             losses = self.forward_training(images, head_features, predictions, gt_instances)
             return {**losses, **self.pixel_text_losses(dense, gt_instances, images)}
         results = self.forward_inference(images, head_features, predictions)
-        return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
+        return self.add_score_maps(GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes), dense,
+                                   batched_inputs, images)

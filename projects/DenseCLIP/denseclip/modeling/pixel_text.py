@@ -74,3 +74,25 @@ def pixel_text_loss(score_map: torch.Tensor, instances: List[Instances], image_s
         loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
         # An image batch without any box contributes no loss (rather than a division by zero).
         return loss / weight.sum().clamp(min=1.0)
+
+
+def score_map_probabilities(
+    logits: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    chunk: int = 8,
+) -> torch.Tensor:
+    """Score-map logits of one image (K x h x w, computed on an input padded to ``padded_size``) as
+    probabilities aligned with the original image: bilinearly upsampled to the padded size, cropped
+    to the ``image_size`` the image had inside the padding (top-left), resized to ``output_size``
+    and passed through a sigmoid. Returns K x H x W float32; classes are processed ``chunk`` at a
+    time to bound memory at large padded sizes."""
+    out = logits.new_empty((logits.shape[0], int(output_size[0]), int(output_size[1])), dtype=torch.float32)
+    for start in range(0, logits.shape[0], chunk):
+        maps = logits[start : start + chunk][None].float()
+        maps = F.interpolate(maps, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        maps = maps[..., : image_size[0], : image_size[1]]
+        maps = F.interpolate(maps, size=(int(output_size[0]), int(output_size[1])), mode="bilinear", align_corners=False)
+        out[start : start + maps.shape[1]] = maps[0].sigmoid()
+    return out

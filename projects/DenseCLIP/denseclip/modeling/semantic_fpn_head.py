@@ -65,10 +65,14 @@ class SemanticFPNHead(SemSegFPNHead):
         return self.predictor.out_channels
 
     def decode(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The summed stride-4 map of the scale heads, after dropout: B x CONVS_DIM x H/4 x W/4."""
+        """The summed stride-4 map of the scale heads, after dropout: B x CONVS_DIM x H/4 x W/4. A level
+        whose upsampled size differs (inputs not divisible by 32) is resized to it, as mmseg does."""
         x = self.scale_heads[0](features[self.in_features[0]])
         for head, name in zip(self.scale_heads[1:], self.in_features[1:]):
-            x = x + head(features[name])
+            y = head(features[name])
+            if y.shape[-2:] != x.shape[-2:]:
+                y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + y
         return self.dropout(x)
 
     def layers(self, features: Dict[str, torch.Tensor], text_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -5,7 +5,9 @@ Both follow Detectron2's contract: ``batched_inputs`` of dicts with "image" (and
 training); training returns a loss dict; inference returns one ``{"sem_seg": K x height x width}``
 per input (logits; class probabilities averaged over the views with TEST.SEM_SEG multi-scale/flip),
 so Detectron2's ``SemSegEvaluator`` and ``Visualizer.draw_sem_seg`` read them as usual. At test
-time they also run the reference's sliding-window inference (TEST.SEM_SEG).
+time they also run the reference's sliding-window inference (TEST.SEM_SEG), one image at a time and
+unpadded, whatever its size (the CLIP encoders, :class:`~denseclip.backbone.build.SemanticFPN` and the
+head resize by size where the reference does).
 
 DenseCLIP model layout (parameter name prefixes):
     backbone.      CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -16,50 +18,42 @@ DenseCLIP model layout (parameter name prefixes):
 from __future__ import annotations
 
 import logging
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_sem_seg_head
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..backbone.build import semantic_fpn_on
-from ..text import validate_vocabulary
-from .denseclip_mixin import DenseCLIPMetaArchMixin, build_denseclip_parts
+from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone, build_denseclip_parts
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
 from .fused_fpn import FusedFeatures
 from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, semantic_cross_entropy
 from .slide_inference import multi_scale_flip_probabilities, slide_inference
 from .text_side import VocabularySlice
+from .vocabulary import vocabulary_from_config
 
-__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "semantic_vocabulary"]
+__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "build_denseclip_semantic_backbone"]
 
 logger = logging.getLogger(__name__)
 
 TEST_MODES = ("whole", "slide")
 
 
-def semantic_vocabulary(cfg: CfgNode) -> List[str]:
-    """MODEL.DENSECLIP.CLASS_NAMES, or the ``stuff_classes`` of DATASETS.TRAIN[0] (DATASETS.TEST[0]
-    for evaluation-only configs), or the class names recorded in MODEL.WEIGHTS (a checkpoint of this
-    project, or the authors' meta CLASSES)."""
-    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    for dataset in [] if names else list(cfg.DATASETS.TRAIN)[:1] or list(cfg.DATASETS.TEST)[:1]:
-        names = list(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
-    if not names and cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS):
-        # Imported here: the engine package imports the modeling package.
-        from ..engine.checkpoint import checkpoint_vocabulary
+@BACKBONE_REGISTRY.register()
+def build_denseclip_semantic_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> DenseCLIPBackbone:
+    """DenseCLIP features (for the ``stuff_classes`` vocabulary) with the reference's segmentation
+    neck, FPN P2-P5 (:func:`~denseclip.backbone.build.semantic_fpn_on`)."""
+    parts = build_denseclip_parts(cfg, vocabulary_from_config(cfg, "stuff"), retinanet=False,
+                                  fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
+    return DenseCLIPBackbone(parts)
 
-        names = checkpoint_vocabulary(cfg.MODEL.WEIGHTS) or []
-    if not names:
-        raise ValueError(
-            "Cannot determine the class names of the segmentation model: set MODEL.DENSECLIP.CLASS_NAMES, or "
-            f"register DATASETS.TRAIN[0] ({list(cfg.DATASETS.TRAIN)[:1]}) with metadata stuff_classes"
-        )
-    validate_vocabulary(names)
-    return names
+
+DENSECLIP_BACKBONES.append("build_denseclip_semantic_backbone")
 
 
 def _test_options(cfg: CfgNode) -> Dict:
@@ -84,6 +78,10 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
         self.stride = tuple(stride)
         self.test_scales = tuple(test_scales)
         self.test_flip = test_flip
+        # The reference runs its test windows unpadded, whatever their size: so does encode_decode.
+        encoder = getattr(self.backbone, "bottom_up", self.backbone)
+        if hasattr(encoder, "strict_input_size"):
+            encoder.strict_input_size = False
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -97,24 +95,21 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
     def normalized_images(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
         return [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
 
-    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B x K x H x W) of a batch of normalised images whose sides are multiples of the
-        backbone's size divisibility."""
-        return self.sem_seg_head(self.backbone(images))[0]
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's stride-4 logits of a batch of normalised images."""
+        return self.sem_seg_head.layers(self.backbone(images))
 
-    def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B x K x h x w) of normalised images of any size h x w: zero-padded at the bottom and
-        right to the backbone's size divisibility (as Detectron2 pads every input), the padding's
-        logits dropped."""
-        h, w = images.shape[-2:]
-        padded = ImageList.from_tensors(list(images), self.backbone.size_divisibility).tensor
-        return self.encode_decode(padded)[:, :, :h, :w]
+    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B x K x H x W) of a batch of normalised images of any size (not padded: the
+        reference's windows), bilinearly resized from stride 4 to the input's size."""
+        logits = self.decode_logits(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def infer(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of one normalised image batch (B x 3 x H x W) by TEST.SEM_SEG.MODE."""
         if self.test_mode == "slide":
-            return slide_inference(self.segment, image, self.num_classes, self.crop_size, self.stride)
-        return self.segment(image)
+            return slide_inference(self.encode_decode, image, self.num_classes, self.crop_size, self.stride)
+        return self.encode_decode(image)
 
     def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.sem_seg_head(self.backbone(images.tensor), targets)[1]
@@ -130,19 +125,8 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
                 self.sem_seg_head.ignore_value,
             ).tensor
             return self.training_losses(batch, targets)
-        if self.test_mode == "whole" and self.test_scales == (1.0,) and not self.test_flip:
-            # Detectron2's batched path: one padded batch, logits cropped per image.
-            batch = ImageList.from_tensors(images, self.backbone.size_divisibility)
-            results = self.encode_decode(batch.tensor)
-            sizes = batch.image_sizes
-        else:
-            results, sizes = [self._infer_one(image, x) for image, x in zip(images, batched_inputs)], None
-        outputs = []
-        for i, (result, x) in enumerate(zip(results, batched_inputs)):
-            if sizes is not None:
-                result = sem_seg_postprocess(result, sizes[i], x.get("height", sizes[i][0]), x.get("width", sizes[i][1]))
-            outputs.append({"sem_seg": result})
-        return outputs
+        # One image at a time, unpadded, as the reference tests (padding would change the border's logits).
+        return [{"sem_seg": self._infer_one(image, x)} for image, x in zip(images, batched_inputs)]
 
     def _infer_one(self, image: torch.Tensor, inputs: Dict) -> torch.Tensor:
         """K x height x width for one image: logits (single view), or averaged class probabilities."""
@@ -163,24 +147,10 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
-        names = semantic_vocabulary(cfg)
-        parts = build_denseclip_parts(cfg, retinanet=False, vocabulary=names,
-                                      fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
-        head_cfg = cfg
-        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != len(names):
-            logger.info("MODEL.SEM_SEG_HEAD.NUM_CLASSES: %d, the size of the vocabulary (config: %d)",
-                        len(names), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-            head_cfg = cfg.clone()
-            head_cfg.defrost()
-            head_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(names)
-        return {
-            **parts._asdict(),
-            "sem_seg_head": build_sem_seg_head(head_cfg, parts.fpn.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "pixel_text_loss_weight": cfg.MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT,
-            **_test_options(cfg),
-        }
+        # Detectron2's from_config on the DenseCLIP backbone (its head built on the fused FPN's
+        # shapes, for the vocabulary's size), taken apart into image encoder, text side and FPN.
+        ret = detectron2_arguments(SemanticSegmentor.from_config, cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", kind="stuff")
+        return {**ret, **_test_options(cfg)}
 
     @property
     def language_guided(self) -> bool:
@@ -194,16 +164,16 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
             return {}
         return {f"sem_seg_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")}
 
-    def _decode(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
-        text = dense.text_embeddings if self.language_guided else None
-        return dense, self.sem_seg_head(dense.features, targets, text)
+    def _head_text(self, dense: DenseCLIPFeatures) -> Optional[torch.Tensor]:
+        return dense.text_embeddings if self.language_guided else None
 
-    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
-        return self._decode(images)[1][0]
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
+        return self.sem_seg_head.layers(dense.features, self._head_text(dense))
 
     def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        dense, (_, losses) = self._decode(images.tensor, targets)
+        dense = self.extract_features(images)
+        losses = self.sem_seg_head(dense.features, targets, self._head_text(dense))[1]
         if self.pixel_text_loss_weight > 0:
             head = self.sem_seg_head
             logits = self.text_side.score_logits(dense.score_map)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 
 from ..backbone import CLIP_DENSE, CLIP_GLOBAL
-from ..text import ContextDecoder, PromptTextEncoder, validate_vocabulary
+from ..text import ContextDecoder, PromptTextEncoder
+from ..text.prompt_encoder import PromptTokens
 from .pixel_text import pixel_text_score_map
 
 logger = logging.getLogger(__name__)
@@ -56,35 +57,36 @@ class DenseCLIPTextSide(nn.Module):
         raw_score_map: bool = False,
     ):
         super().__init__()
-        validate_vocabulary(vocabulary)
         self.prompt_encoder = prompt_encoder
         self.context_decoder = context_decoder
         self.gamma = nn.Parameter(torch.full((embed_dim,), gamma_init)) if context_decoder is not None else None
         self.tau = tau
         self.score_map_feature = score_map_feature
         self.raw_score_map = raw_score_map
-        self._vocabulary = list(vocabulary)
-        self._cached_text: Optional[torch.Tensor] = None
+        # K x D text embeddings of the vocabulary, computed once outside training (empty: not yet).
+        # A buffer so that ``.to()`` moves it and an exported model carries it; not persistent,
+        # since checkpoints hold the weights it is a function of.
+        self.register_buffer("text_embeddings_cache", torch.empty(0, embed_dim), persistent=False)
         self._register_load_state_dict_pre_hook(self._drop_text_cache)
+        self._vocabulary: List[str] = []
+        self._tokens: Optional[PromptTokens] = None
+        self.set_vocabulary(vocabulary)
 
     @property
     def vocabulary(self) -> List[str]:
         return list(self._vocabulary)
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Use ``class_names`` from the next forward on (validated and tokenized first)."""
-        names = list(class_names)
-        self.prompt_encoder.tokenize(names)  # validates and warns about truncation before any change
-        self._vocabulary = names
-        self._cached_text = None
+        """Use ``class_names`` from the next forward on. The one door of a vocabulary into the
+        model: the names are validated and tokenized here, once, before anything changes."""
+        tokens = self.prompt_encoder.prompt_tokens(class_names)  # validates, warns about truncation
+        self._vocabulary = list(class_names)
+        self._tokens = tokens
+        self._drop_text_cache()
 
     # ------------------------------------------------------------------------------- text
     def _drop_text_cache(self, *args, **kwargs) -> None:
-        self._cached_text = None
-
-    def train(self, mode: bool = True) -> "DenseCLIPTextSide":
-        self._cached_text = None  # the learnable context changes while training
-        return super().train(mode)
+        self.text_embeddings_cache = self.text_embeddings_cache.new_empty((0, self.text_embeddings_cache.shape[1]))
 
     def _text_is_learnable(self) -> bool:
         return any(p.requires_grad for p in self.prompt_encoder.parameters())
@@ -92,15 +94,18 @@ class DenseCLIPTextSide(nn.Module):
     def class_text_embeddings(self) -> torch.Tensor:
         """K x D text embeddings of the vocabulary (before context refinement).
 
-        They do not depend on the image, so outside training (or with a fully frozen prompt) they
-        are computed once per vocabulary and cached: inference never re-runs the text encoder.
+        They do not depend on the image: outside training (or with a fully frozen prompt) they are
+        computed once per vocabulary and kept in ``text_embeddings_cache`` (also across ``eval()``),
+        so inference never re-runs the text encoder. A training step with a learnable prompt
+        computes them afresh and drops the cache, which that step's update makes stale.
         """
         if self.training and self._text_is_learnable() and torch.is_grad_enabled():
-            return self.prompt_encoder(self._vocabulary)
-        if self._cached_text is None:
+            self._drop_text_cache()
+            return self.prompt_encoder(self._tokens)
+        if self.text_embeddings_cache.numel() == 0:
             with torch.no_grad():
-                self._cached_text = self.prompt_encoder(self._vocabulary)
-        return self._cached_text
+                self.text_embeddings_cache = self.prompt_encoder(self._tokens)
+        return self.text_embeddings_cache
 
     def refine_text(self, text: torch.Tensor, global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Context-aware prompting: the text attends to the image's tokens [global, dense...]."""

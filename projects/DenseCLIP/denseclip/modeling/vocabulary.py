@@ -1,61 +1,91 @@
-"""Where a config's vocabulary (class names) comes from; names are checked by
-:func:`denseclip.text.validate_vocabulary`, the one validator."""
+"""Where a model's vocabulary (class names) and its heads' class count come from: one function, one
+order. The meta-architectures' ``from_config`` call it (as MaskFormer reads its dataset's metadata),
+so a plain ``get_cfg() -> add_denseclip_config -> merge_from_file -> build_model`` works."""
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..text import validate_vocabulary
-
 logger = logging.getLogger(__name__)
 
+# Metadata field of a dataset's class names, by the kind of classes a model predicts: detectors
+# predict things, semantic segmentation models stuff (Detectron2's conventions).
+CLASS_KINDS = {"thing": "thing_classes", "stuff": "stuff_classes"}
+# Meta-architectures whose vocabulary comes from vocabulary_from_config, and the kind of their classes.
+VOCABULARY_META_ARCHITECTURES = {"DenseCLIPRCNN": "thing", "DenseCLIPRetinaNet": "thing", "DenseCLIPSemanticSegmentor": "stuff"}
 
-def dataset_class_names(dataset_name: str) -> List[str]:
-    """``thing_classes`` of a registered dataset. As Detectron2's loaders do, a dataset whose
-    metadata is only filled when it is loaded (``register_coco_instances``) is loaded once."""
+
+def dataset_class_names(dataset_name: str, kind: str = "thing") -> List[str]:
+    """``thing_classes`` (or ``stuff_classes``) of a registered dataset. As Detectron2's loaders do,
+    a dataset whose metadata is only filled when it is loaded (``register_coco_instances``) is
+    loaded once."""
+    field = CLASS_KINDS[kind]
     metadata = MetadataCatalog.get(dataset_name)
-    if not metadata.get("thing_classes", None) and dataset_name in DatasetCatalog.list():
+    if not metadata.get(field, None) and dataset_name in DatasetCatalog.list():
         DatasetCatalog.get(dataset_name)
-    return list(metadata.get("thing_classes", None) or [])
+    return list(metadata.get(field, None) or [])
 
 
-def resolve_vocabulary(cfg: CfgNode) -> None:
-    """Write the vocabulary into ``cfg`` (unfrozen): MODEL.DENSECLIP.CLASS_NAMES, when empty, from
-    the thing_classes of DATASETS.TRAIN[0] (DATASETS.TEST[0] for evaluation-only configs), and the
-    heads' NUM_CLASSES from its size. The dumped config then records the class names."""
+def vocabulary_from_config(cfg: CfgNode, kind: str = "thing") -> List[str]:
+    """The class names a model of ``cfg`` is built with: MODEL.DENSECLIP.CLASS_NAMES, otherwise the
+    ``{kind}_classes`` of the metadata of DATASETS.TRAIN[0]. ``cfg`` is only read (it may be
+    frozen). The names are validated where they enter the model (its text side)."""
+    if kind not in CLASS_KINDS:
+        raise ValueError(f"kind must be one of {sorted(CLASS_KINDS)}, got {kind!r}")
     names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    if not names:
-        for dataset in list(cfg.DATASETS.TRAIN)[:1] or list(cfg.DATASETS.TEST)[:1]:
-            names = dataset_class_names(dataset)
-            if names:
-                logger.info("Vocabulary: the %d thing_classes of dataset '%s'", len(names), dataset)
-        if not names:
-            raise ValueError(
-                "Cannot determine the class names: set MODEL.DENSECLIP.CLASS_NAMES, or register "
-                f"DATASETS.TRAIN[0] ({list(cfg.DATASETS.TRAIN)[:1]}) with metadata thing_classes"
-            )
-    validate_vocabulary(names)
-    cfg.MODEL.DENSECLIP.CLASS_NAMES = names
-    for key, node in (("MODEL.ROI_HEADS", cfg.MODEL.ROI_HEADS), ("MODEL.RETINANET", cfg.MODEL.RETINANET)):
-        if node.NUM_CLASSES != len(names):
-            logger.info("%s.NUM_CLASSES set to %d, the size of the vocabulary (was %d)", key, len(names), node.NUM_CLASSES)
-            node.NUM_CLASSES = len(names)
+    if names:
+        return names
+    train = list(cfg.DATASETS.TRAIN)[:1]
+    if train:
+        names = dataset_class_names(train[0], kind)
+        if names:
+            logger.info("Vocabulary: the %d %s of dataset '%s'", len(names), CLASS_KINDS[kind], train[0])
+            return names
+    raise ValueError(
+        "Cannot determine the class names: set MODEL.DENSECLIP.CLASS_NAMES, or set DATASETS.TRAIN to a "
+        f"registered dataset whose metadata has {CLASS_KINDS[kind]} (DATASETS.TRAIN is {tuple(cfg.DATASETS.TRAIN)}"
+        + (f"; '{train[0]}' has no {CLASS_KINDS[kind]}" if train else "") + ")"
+    )
 
 
-def check_vocabulary_fits_datasets(cfg: CfgNode) -> None:
+def config_for_vocabulary(cfg: CfgNode, vocabulary: Sequence[str], num_classes_key: str) -> CfgNode:
+    """A frozen clone of ``cfg`` whose MODEL.DENSECLIP.CLASS_NAMES is ``vocabulary`` and whose
+    ``num_classes_key`` (e.g. "MODEL.ROI_HEADS.NUM_CLASSES") is its size, for Detectron2's builders.
+    0 in ``cfg`` means "the vocabulary's size"; another value that disagrees is an error naming both
+    numbers."""
+    node = cfg
+    *path, leaf = num_classes_key.split(".")
+    for part in path:
+        node = node[part]
+    given, size = node[leaf], len(vocabulary)
+    if given not in (0, size):
+        raise ValueError(
+            f"{num_classes_key} is {given} but the vocabulary has {size} class names: set {num_classes_key} 0 "
+            f"(= the vocabulary's size) or {size}, or change the vocabulary (MODEL.DENSECLIP.CLASS_NAMES, DATASETS.TRAIN)"
+        )
+    out = cfg.clone()
+    out.defrost()
+    out.merge_from_list(["MODEL.DENSECLIP.CLASS_NAMES", list(vocabulary), num_classes_key, size])
+    out.freeze()
+    return out
+
+
+def check_vocabulary_fits_datasets(cfg: CfgNode, kind: str = "thing") -> None:
     """For training and evaluation: the annotations' class ids index the dataset's own classes, so a
     vocabulary of another size (e.g. a run's config.yaml reused on other data, with its old
     MODEL.DENSECLIP.CLASS_NAMES) cannot label them. Renamed prompts of the same count are fine."""
     names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
+    if not names:
+        return
     for key, datasets in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
         for dataset in datasets:
             if dataset not in DatasetCatalog.list():
                 continue
-            dataset_names = dataset_class_names(dataset)
-            if names and dataset_names and len(dataset_names) != len(names):
+            dataset_names = dataset_class_names(dataset, kind)
+            if dataset_names and len(dataset_names) != len(names):
                 raise ValueError(
                     f"MODEL.DENSECLIP.CLASS_NAMES has {len(names)} names but {key} '{dataset}' has {len(dataset_names)} "
                     f"classes ({', '.join(dataset_names[:5])}{', ...' if len(dataset_names) > 5 else ''}): set "
@@ -63,19 +93,12 @@ def check_vocabulary_fits_datasets(cfg: CfgNode) -> None:
                 )
 
 
-def configured_vocabulary(cfg: CfgNode) -> List[str]:
-    """The vocabulary a model is built with: MODEL.DENSECLIP.CLASS_NAMES, consistent with NUM_CLASSES."""
-    names = list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    if not names:
-        raise ValueError(
-            "MODEL.DENSECLIP.CLASS_NAMES is empty: build the config with denseclip.engine.build_config "
-            "(which takes the class names from DATASETS.TRAIN) or set the class names"
-        )
-    validate_vocabulary(names)
-    head_key = "MODEL.RETINANET" if cfg.MODEL.META_ARCHITECTURE.endswith("RetinaNet") else "MODEL.ROI_HEADS"
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if head_key == "MODEL.RETINANET" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if num_classes != len(names):
-        raise ValueError(
-            f"{head_key}.NUM_CLASSES is {num_classes} but MODEL.DENSECLIP.CLASS_NAMES has {len(names)} names"
-        )
-    return names
+def record_vocabulary(cfg: CfgNode) -> None:
+    """For training and evaluation runs (unfrozen ``cfg``): write the vocabulary of a DenseCLIP
+    meta-architecture into MODEL.DENSECLIP.CLASS_NAMES, so that the run's dumped config.yaml names
+    its classes, and check it against the datasets (:func:`check_vocabulary_fits_datasets`)."""
+    kind = VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE)
+    if kind is None:
+        return
+    cfg.MODEL.DENSECLIP.CLASS_NAMES = vocabulary_from_config(cfg, kind)
+    check_vocabulary_fits_datasets(cfg, kind)

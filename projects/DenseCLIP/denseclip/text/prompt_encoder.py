@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from typing import List, Sequence, Set
+from typing import NamedTuple, Sequence, Set, Union
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-__all__ = ["CLIPTextTower", "PromptTextEncoder", "validate_vocabulary"]
+__all__ = ["CLIPTextTower", "PromptTextEncoder", "PromptTokens", "validate_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -315,18 +315,34 @@ class PromptTextEncoder(nn.Module):
             name, text, n_tokens, max_tokens, budget_key,
         )
 
-    def forward(self, class_names: List[str]) -> torch.Tensor:
-        """Text embeddings of ``class_names``, K x embed_dim, not normalised.
-
-        Gradients reach only ``context``; the text tower is frozen. The vocabulary may differ from
-        call to call (e.g. a new vocabulary at inference).
-        """
+    def prompt_tokens(self, class_names: Sequence[str]) -> "PromptTokens":
+        """:meth:`tokenize` plus what :meth:`encode` reads from the ids (EOT positions, shared
+        prefix), computed once per vocabulary on the CPU: no host sync with the GPU per forward."""
         ids = self.tokenize(class_names)
-        # EOT positions and the shared prefix are read on the CPU ids: no host sync with the GPU.
-        eot_index, shared_prefix = ids.argmax(dim=-1), shared_prefix_length(ids)
+        return PromptTokens(ids, ids.argmax(dim=-1), shared_prefix_length(ids))
+
+    def encode(self, tokens: "PromptTokens") -> torch.Tensor:
+        """Text embeddings (K x embed_dim, not normalised) of tokenized prompts. Gradients reach
+        only ``context``; the text tower is frozen."""
+        ids = tokens.ids
         device = self.clip_text.token_embedding.weight.device
         embeddings = self.clip_text.token_embedding(ids.to(device, non_blocking=True))
         if self.context is not None:
-            context = self.context.to(embeddings.dtype).unsqueeze(0).expand(len(class_names), -1, -1)
+            context = self.context.to(embeddings.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
-        return self.clip_text(embeddings, eot_index, shared_prefix)
+        return self.clip_text(embeddings, tokens.eot_index, tokens.shared_prefix)
+
+    def forward(self, prompts: Union[Sequence[str], "PromptTokens"]) -> torch.Tensor:
+        """Text embeddings, K x embed_dim, not normalised, of class names (tokenized here) or of
+        prompts tokenized beforehand (:meth:`prompt_tokens`: the text side tokenizes once per
+        vocabulary)."""
+        return self.encode(prompts if isinstance(prompts, PromptTokens) else self.prompt_tokens(prompts))
+
+
+class PromptTokens(NamedTuple):
+    """Tokenized prompts of a vocabulary: ids (K x L, CPU), EOT positions (K, CPU) and the number
+    of leading tokens shared by every row."""
+
+    ids: torch.Tensor
+    eot_index: torch.Tensor
+    shared_prefix: int
