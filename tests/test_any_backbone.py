@@ -119,7 +119,7 @@ def test_config_builds_and_trains(config_file, thin_swin):
     bottom_up = model.backbone.bottom_up
     assert type(bottom_up).__name__ == ("TimmBackbone" if "Swin" in config_file else "ResNet")
     if denseclip:
-        assert set(model.backbone.output_shape()) >= {"res2", "res3", "res4", "res5", CLIP_DENSE, CLIP_GLOBAL}
+        assert set(model.backbone.output_shape()) >= {"res3", "res4", "res5", CLIP_DENSE, CLIP_GLOBAL}
         pool = model.backbone.attnpool
         channels = bottom_up.output_shape()["res5"].channels
         assert pool.num_heads == channels // 64 and pool.c_proj.out_features == 256  # CLIP's heads; RN-tiny's text width
@@ -129,6 +129,8 @@ def test_config_builds_and_trains(config_file, thin_swin):
     losses = train(model, cfg, steps=1 if "R101" in config_file or "Swin-S" in config_file else 2,
                    segmentation=task == "semantic_fpn")
     assert ("loss_pixel_text" in losses) == denseclip
+    # Every trainable parameter takes part (DistributedDataParallel without find_unused_parameters).
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert all(not torch.equal(b, p) for b, p in zip(before, watched))
 
 
@@ -160,7 +162,7 @@ def test_pool_is_clip_attention_pool_and_swin_takes_any_multiple_of_32(thin_swin
     with pytest.raises(ValueError, match="POOL_HEADS"):
         clip_attention_pool(128, 64, heads=3)
 
-    cfg = d2_cfg("COCO/retinanet_denseclip_Swin-T-IN1k_FPN_1x.yaml")
+    cfg = d2_cfg("COCO/mask_rcnn_denseclip_Swin-T-IN1k_FPN_1x.yaml")
     backbone = build_language_guided_backbone(cfg, ShapeSpec(channels=3)).eval()
     with torch.no_grad():
         out = backbone(torch.randn(1, 3, 96, 160))

@@ -61,9 +61,10 @@ def add_denseclip_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- any backbone (issue 20)
     # DenseCLIP on an image encoder that is not CLIP's (paper section 4.3): a Detectron2 backbone
     # ("bottom-up": res2..res5) plus a new, randomly initialised CLIP-style attention pool on its last
-    # stage that maps it into the text tower's embedding space (backbone "build_language_guided_backbone");
-    # the plain baselines put the same bottom-up under an FPN ("build_bottom_up_fpn_backbone",
-    # "build_bottom_up_retinanet_fpn_backbone").
+    # stage that maps it into the text tower's embedding space (MODEL.DENSECLIP.IMAGE_ENCODER
+    # "build_language_guided_backbone"); the plain baselines put the same bottom-up under an FPN
+    # (MODEL.BACKBONE.NAME "build_bottom_up_fpn_backbone", "build_bottom_up_retinanet_fpn_backbone",
+    # "build_bottom_up_semantic_fpn_backbone").
     _C.MODEL.ANY_BACKBONE = CN()
     # A registered Detectron2 backbone emitting res2..res5: "build_resnet_backbone" (Detectron2's
     # ResNets, MODEL.RESNETS) or "build_timm_backbone" (timm models, MODEL.TIMM).
