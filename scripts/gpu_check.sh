@@ -10,7 +10,7 @@
 # is reachable (bash scripts/build_wheelhouse.sh), and bring .wheelhouse/ along. What the machine's
 # Python lacks is installed from it into $GPU_CHECK_SITE (default .gpu_check_site/) with
 # `pip install --no-index --no-deps --target`: the machine's own packages (torch first) are never
-# touched or shadowed. Options after the script name go to `python -m denseclip.gpu_check`
+# touched or shadowed. Options after the script name go to `python tools/gpu_check.py`
 # (--help lists them). Real COCO images for the evaluation: DENSECLIP_TINY_COCO=<tiny_coco root>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,4 +51,4 @@ if ! "$PYTHON" -c "import torch, detectron2, open_clip, fvcore, pycocotools, cv2
   exit 3
 fi
 if [ $# -eq 0 ]; then set -- --device cuda --output output/gpu_check; fi
-exec "$PYTHON" -m denseclip.gpu_check "$@"
+exec "$PYTHON" tools/gpu_check.py "$@"

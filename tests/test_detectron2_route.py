@@ -112,8 +112,7 @@ def test_default_predictor_runs_a_photo_with_a_paper_config(tiny_coco_root):
 
 
 def test_no_forward_hook_in_the_package():
-    # benchmark/ and gpu_check/ are programs over the library that move to tools/ (issue 18, item 7).
-    sources = [p for p in PACKAGE.rglob("*.py") if not {"benchmark", "gpu_check"} & set(p.relative_to(PACKAGE).parts)]
+    sources = list(PACKAGE.rglob("*.py"))
     assert sources
     hooked = [str(p.relative_to(PACKAGE)) for p in sources if "register_forward" in p.read_text()]
     assert not hooked, f"forward hooks in {hooked}"

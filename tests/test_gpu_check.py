@@ -1,5 +1,5 @@
 """The CPU dry run of the GPU check (scripts/gpu_check.sh --device cpu --tiny), so that the script
-and python -m denseclip.gpu_check cannot rot while nobody has a GPU: same code path as on CUDA
+and python tools/gpu_check.py cannot rot while nobody has a GPU: same code path as on CUDA
 (AMP training with bfloat16 autocast, evaluation, demo, AMP benchmark, report), tiny sizes."""
 import json
 import math
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from denseclip.gpu_check import TRAIN_RUNS
-from denseclip.gpu_check import cli as gpu_check
+from gpu_checking import TRAIN_RUNS  # tools/ (pytest.ini pythonpath)
+from gpu_checking import cli as gpu_check
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

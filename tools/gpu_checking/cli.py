@@ -1,4 +1,4 @@
-"""Options and the run of ``python -m denseclip.gpu_check``: training runs, benchmarks, checks,
+"""Options and the run of ``python tools/gpu_check.py``: training runs, benchmarks, checks,
 report; the exit status is 0 only when every enforced check passed."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .benchmarks import benchmark_modes, find_config, run_benchmark
 from .report import render_markdown
 from .training import prepare_data, train_and_evaluate
 
-logger = logging.getLogger("denseclip.gpu_check")
+logger = logging.getLogger("gpu_check")
 
 # GPU targets of the AMP benchmark (issue 13), for this config.
 TARGET_CONFIG = "mask_rcnn_denseclip_R50_FPN_1x"
@@ -29,7 +29,7 @@ H100_CLASS = ("H100", "H200")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m denseclip.gpu_check", description=__doc__)
+    p = argparse.ArgumentParser(prog="python tools/gpu_check.py", description=__doc__)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--tiny", action="store_true",
                    help="dry run: RN-tiny towers, small inputs, 2 iterations, small benchmark (timings not checked)")
@@ -109,13 +109,13 @@ def _slug(text: str) -> str:
 
 
 def run(args, argv: Sequence[str]) -> Dict[str, Any]:
-    from ..benchmark.machine import machine_info
+    from benchmarking.machine import machine_info
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m denseclip.gpu_check " + " ".join(shlex.quote(a) for a in argv),
+        "command": "python tools/gpu_check.py " + " ".join(shlex.quote(a) for a in argv),
         "device": args.device, "tiny": args.tiny, "iterations": args.iterations,
         "machine": machine_info(args.device), "python": sys.executable, "torch_file": torch.__file__,
         "runs": [], "benchmarks": [], "errors": {},

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
+# tools/benchmarking/configs.py -> the repository, where relative config paths are looked up.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 DEFAULT_CONFIGS = [

@@ -1,4 +1,4 @@
-"""Command line of ``python -m denseclip.benchmark``: options, and the run over every config,
+"""Command line of ``python tools/benchmark.py``: options, and the run over every config,
 pair and target, written as JSON and Markdown."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .report import print_summary, write_report
 from .targets import TARGETS, compare, evaluate_targets, find_pairs
 from .timing import amp_dtype
 
-logger = logging.getLogger("denseclip.benchmark")
+logger = logging.getLogger("benchmark")
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -37,7 +37,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m denseclip.benchmark",
+        prog="python tools/benchmark.py",
         description="Training/inference time, memory, FLOPs and parameters of DenseCLIP vs its CLIP baselines "
         "and Detectron2's R50-FPN Mask R-CNN, in one process on the same synthetic inputs.",
     )
@@ -101,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     paths = [resolve_config_path(p) for p in args.configs]
     sizes = list(dict.fromkeys(tuple(s) for s in args.sizes))
-    command = "python -m denseclip.benchmark " + " ".join(shlex.quote(a) for a in argv)
+    command = "python tools/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_info(args.device)
     peak = peak_tflops(args, machine)
     report: Dict[str, Any] = {

@@ -16,7 +16,9 @@ ROLE_PATHS = {
     # DenseCLIP: the backbone is the CLIP encoder, beside the text side and the FPN; Detectron2 / CLIP
     # baselines: the FPN's bottom-up.
     "image_encoder": ("backbone.bottom_up", "backbone"),
-    "text_encoder": ("text_side.prompt_encoder",),
+    # CLIP's text tower: the module that runs when text embeddings are computed (the prompt encoder
+    # around it is entered through a method, not its forward, so hooks on it would see nothing).
+    "text_encoder": ("text_side.prompt_encoder.clip_text",),
     "context_decoder": ("text_side.context_decoder",),
     # Detectron2's FPN backbones are the FPN itself, with the encoder inside as its bottom_up.
     "fpn": ("fpn", "backbone"),
@@ -24,6 +26,8 @@ ROLE_PATHS = {
     "roi_heads": ("roi_heads",),
     "retinanet_head": ("head",),
 }
+# The parameters counted as the text encoder's: the tower and the learnable prompt context.
+PROMPT_ENCODER_PATH = "text_side.prompt_encoder"
 # The last ResNet stage, relative to the image encoder: CLIP's attention pool runs after it.
 LAST_STAGE_PATHS = ("visual.layer4", "res5")
 
@@ -65,11 +69,11 @@ def text_encoder(model: torch.nn.Module) -> Optional[torch.nn.Module]:
 
 
 def count_parameters(model: torch.nn.Module) -> Dict[str, int]:
-    """Total, trainable and text-encoder parameters, and the paper's count (without the frozen text
-    encoder)."""
+    """Total, trainable and text-encoder parameters (tower and prompt context), and the paper's count
+    (without the frozen text encoder)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    text = text_encoder(model)
+    text = get_submodule(model, PROMPT_ENCODER_PATH)
     text_total = sum(p.numel() for p in text.parameters()) if text is not None else 0
     text_frozen = sum(p.numel() for p in text.parameters() if not p.requires_grad) if text is not None else 0
     return {
@@ -84,7 +88,7 @@ def count_parameters(model: torch.nn.Module) -> Dict[str, int]:
 
 @contextlib.contextmanager
 def count_text_encoder_calls(model: torch.nn.Module) -> Iterator[Optional[Dict[str, int]]]:
-    """Counts calls of the text encoder's ``forward`` (yields None when the model has none)."""
+    """Counts calls of the text tower's ``forward`` (yields None when the model has none)."""
     encoder = text_encoder(model)
     if encoder is None:
         yield None

@@ -12,11 +12,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..benchmark.components import count_text_encoder_calls
-from ..benchmark.configs import resolve_config_path
+from benchmarking.components import count_text_encoder_calls
+from benchmarking.configs import resolve_config_path
+
 from . import TrainRun
 
-logger = logging.getLogger("denseclip.gpu_check")
+logger = logging.getLogger("gpu_check")
 
 # The scaled-down model of the dry run (--tiny): RN-tiny CLIP towers and small heads.
 TINY_MODEL_OPTS = [
@@ -32,7 +33,7 @@ TINY_MODEL_OPTS = [
 def prepare_data(args, out: Path) -> Dict[str, Any]:
     """tiny_coco (real COCO photos) when $DENSECLIP_TINY_COCO holds it and --data allows, else the
     generated synthetic-shapes set (small: its images are only read, never learned here)."""
-    from ..data import register_synthetic_dataset, register_tiny_coco
+    from denseclip.data import register_synthetic_dataset, register_tiny_coco
 
     root = os.environ.get("DENSECLIP_TINY_COCO", "")
     has_coco = bool(root) and (Path(root) / "annotations" / "instances_val2017.json").is_file()
@@ -70,8 +71,8 @@ def run_overrides(args, data: Dict[str, Any], precision: Optional[str], out: Pat
 
 
 def load_run_config(run: TrainRun, opts: Sequence[str]):
-    from ..data import register_datasets_from_config
-    from ..engine import build_config
+    from denseclip.data import register_datasets_from_config
+    from denseclip.engine import build_config
 
     cfg = build_config(str(resolve_config_path(run.config)), list(run.opts) + list(opts))
     register_datasets_from_config(cfg)
@@ -98,7 +99,7 @@ def autocast(device: str, precision: Optional[str]):
 def evaluate(cfg, model, device: str, precision: Optional[str]) -> Dict[str, Any]:
     """COCO evaluation of ``cfg.DATASETS.TEST`` under autocast; the text-encoder calls are counted
     per image: the first image fills the embedding cache, no later one may call the encoder."""
-    from ..engine import Trainer
+    from denseclip.engine import Trainer
 
     starts: List[int] = []
     with count_text_encoder_calls(model) as counter:
@@ -121,8 +122,8 @@ def evaluate(cfg, model, device: str, precision: Optional[str]) -> Dict[str, Any
 
 
 def run_demo(run: TrainRun, opts: List[str], weights: Path, images: List[str], out: Path, device: str) -> Dict[str, Any]:
-    from ..demo_cli import get_parser
-    from ..demo_cli import run_demo as demo
+    from denseclip.demo_cli import get_parser
+    from denseclip.demo_cli import run_demo as demo
 
     argv = ["--config-file", str(resolve_config_path(run.config)), "--input", *images, "--output", str(out),
             "--confidence-threshold", "0.05", "--score-maps", "--max-score-maps", "2"]
@@ -138,7 +139,7 @@ def train_and_evaluate(run: TrainRun, precision: Optional[str], args, data: Dict
     (``demo``) run the demo with the trained weights. Exceptions are recorded, not raised."""
     from detectron2.data import DatasetCatalog
 
-    from ..engine import Trainer
+    from denseclip.engine import Trainer
 
     rec: Dict[str, Any] = {"run": run.name, "config": run.config, "run_opts": list(run.opts),
                            "precision": precision or "float32", "iterations": args.iterations, "output": str(out),

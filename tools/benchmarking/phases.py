@@ -21,7 +21,7 @@ from .profiling import profile_inference
 from .timing import amp_dtype, autocast_context, time_phase
 from .workload import build_benchmark_model, calibration_size, probe_workload
 
-logger = logging.getLogger("denseclip.benchmark")
+logger = logging.getLogger("benchmark")
 
 
 def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]], peak: Optional[float] = None) -> Dict[str, Any]:
@@ -75,7 +75,6 @@ def benchmark_config(path: Path, args, sizes: List[Tuple[int, int]], peak: Optio
         if not args.skip_inference:
             logger.info("[%s] inference at %s", name, key)
             try:
-                entry["workload"] = probe_workload(model, make_inputs(synthetic_images(1, size, args.seed), device))
                 entry.update(time_inference(model, size, args, autocast))
             except Exception as e:
                 logger.exception("[%s] inference benchmark failed", name)
@@ -170,6 +169,9 @@ def time_training(model, size, num_classes, args, autocast) -> Dict[str, Any]:
 
 
 def time_inference(model, size, args, autocast) -> Dict[str, Any]:
+    """The workload of one inference, then batch-1 latency and throughput; the text-encoder calls of
+    each: the first inference after the training phase computes the text embeddings (1 call), the
+    warm-up and timed repetitions must find them cached (0 calls)."""
     device = args.device
     model.eval()
     out: Dict[str, Any] = {}
@@ -177,7 +179,7 @@ def time_inference(model, size, args, autocast) -> Dict[str, Any]:
     many = make_inputs(synthetic_images(args.batch_throughput, size, args.seed), device)
     calls: Dict[str, int] = {}
 
-    with torch.no_grad(), autocast(), count_text_encoder_calls(model) as counter:
+    with count_text_encoder_calls(model) as counter:
         def snapshot(key: str) -> Callable[[], None]:
             def take():
                 if counter is not None:
@@ -185,29 +187,41 @@ def time_inference(model, size, args, autocast) -> Dict[str, Any]:
                     counter["calls"] = 0
             return take
 
-        with measure_memory(device) as mem:
-            latency = time_phase(lambda: model(single), args.warmup, args.repeats, device, snapshot("latency_warmup"))
-        snapshot("latency_timed")()
-        latency["batch"] = 1
-        latency["memory"] = mem
-        out["inference"] = latency
-
-        with measure_memory(device) as mem:
-            tput = time_phase(lambda: model(many), args.warmup, args.repeats, device, snapshot("throughput_warmup"))
-        snapshot("throughput_timed")()
-        tput["batch"] = args.batch_throughput
-        tput["images_per_s"] = args.batch_throughput * 1000.0 / tput["median_ms"]
-        # Spread of the throughput: from the quartiles and the slowest / fastest repetitions.
-        tput["images_per_s_q1"] = args.batch_throughput * 1000.0 / tput["q3_ms"]
-        tput["images_per_s_q3"] = args.batch_throughput * 1000.0 / tput["q1_ms"]
-        tput["images_per_s_min"] = args.batch_throughput * 1000.0 / tput["max_ms"]
-        tput["images_per_s_max"] = args.batch_throughput * 1000.0 / tput["min_ms"]
-        tput["memory"] = mem
-        out["throughput"] = tput
+        out["workload"] = probe_workload(model, single)
+        snapshot("first")()
+        with torch.no_grad(), autocast():
+            out.update(_time_latency_and_throughput(model, single, many, args, snapshot))
     if calls:
         calls["warmup"] = calls["latency_warmup"] + calls["throughput_warmup"]
         calls["timed"] = calls["latency_timed"] + calls["throughput_timed"]
     out["text_encoder_calls"] = calls if calls else None
     out["text_encoder_calls_timed"] = calls.get("timed") if calls else None
+    return out
+
+
+def _time_latency_and_throughput(model, single, many, args, snapshot: Callable[[str], Callable[[], None]]) -> Dict[str, Any]:
+    """Batch-1 latency on ``single`` and throughput on ``many``; ``snapshot(key)`` records the
+    text-encoder calls so far under ``key``."""
+    device = args.device
+    out: Dict[str, Any] = {}
+    with measure_memory(device) as mem:
+        latency = time_phase(lambda: model(single), args.warmup, args.repeats, device, snapshot("latency_warmup"))
+    snapshot("latency_timed")()
+    latency["batch"] = 1
+    latency["memory"] = mem
+    out["inference"] = latency
+
+    with measure_memory(device) as mem:
+        tput = time_phase(lambda: model(many), args.warmup, args.repeats, device, snapshot("throughput_warmup"))
+    snapshot("throughput_timed")()
+    tput["batch"] = args.batch_throughput
+    tput["images_per_s"] = args.batch_throughput * 1000.0 / tput["median_ms"]
+    # Spread of the throughput: from the quartiles and the slowest / fastest repetitions.
+    tput["images_per_s_q1"] = args.batch_throughput * 1000.0 / tput["q3_ms"]
+    tput["images_per_s_q3"] = args.batch_throughput * 1000.0 / tput["q1_ms"]
+    tput["images_per_s_min"] = args.batch_throughput * 1000.0 / tput["max_ms"]
+    tput["images_per_s_max"] = args.batch_throughput * 1000.0 / tput["min_ms"]
+    tput["memory"] = mem
+    out["throughput"] = tput
     return out
 

@@ -6,8 +6,11 @@ FLOPs (fvcore through Detectron2's FlopCountAnalysis) and parameters, and for De
 of text-encoder calls during timed inference (must be 0) and a per-component time breakdown.
 The time targets are checked on paired rounds (DenseCLIP and its baseline timed in alternation).
 
-    python -m denseclip.benchmark --device cuda --output-json bench.json --output-md bench.md
-    python -m denseclip.benchmark --device cpu --sizes 640x384 --repeats 3 --skip-flops
+    python tools/benchmark.py --device cuda --output-json bench.json --output-md bench.md
+    python tools/benchmark.py --device cpu --sizes 640x384 --repeats 3 --skip-flops
+
+A program over the ``denseclip`` library, not part of it: ``tools/benchmark.py`` puts tools/ on
+``sys.path`` and imports this package as ``benchmarking``.
 
 Modules, by concern:
 
@@ -28,6 +31,3 @@ Modules, by concern:
 * ``targets``: comparisons (ratios) and target checks
 * ``report``: Markdown, console summary, JSON
 """
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")

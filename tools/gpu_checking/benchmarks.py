@@ -1,4 +1,4 @@
-"""The benchmark part of the GPU check: ``denseclip.benchmark`` in fp32 and AMP, and the figures
+"""The benchmark part of the GPU check: ``tools/benchmark.py`` in fp32 and AMP, and the figures
 the report shows (images/s, peak memory, achieved TFLOP/s, paired ratios) and checks."""
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..benchmark import cli as benchmark_cli
-from ..benchmark.targets import lookup
+from benchmarking import cli as benchmark_cli
+from benchmarking.targets import lookup
+
 from .training import TINY_MODEL_OPTS
 
-logger = logging.getLogger("denseclip.gpu_check")
+logger = logging.getLogger("gpu_check")
 
 # The dry run benchmarks one pair at 64x64 with the RN-tiny towers, with AMP only (the fp32 path
 # and Detectron2's R50-FPN are covered by tests/test_benchmark.py).
@@ -22,7 +23,7 @@ def benchmark_modes(args) -> List[str]:
 
 
 def benchmark_argv(args, mode: str, out: Path) -> List[str]:
-    """Arguments of ``python -m denseclip.benchmark`` for ``mode`` "fp32" or "amp"."""
+    """Arguments of ``python tools/benchmark.py`` for ``mode`` "fp32" or "amp"."""
     argv = ["--device", args.device, "--output-json", str(out / f"benchmark_{mode}.json"),
             "--output-md", str(out / f"benchmark_{mode}.md")]
     if mode == "amp":

@@ -1,4 +1,0 @@
-"""``python -m denseclip.benchmark``: see ``denseclip.benchmark.cli``."""
-from .cli import main
-
-main()
