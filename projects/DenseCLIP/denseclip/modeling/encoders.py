@@ -27,9 +27,8 @@ def build_denseclip_encoders(cfg: CfgNode) -> Tuple[Backbone, nn.Module]:
     names another; for any other image encoder, the one :func:`create_text_clip_from_config` names."""
     name = cfg.MODEL.DENSECLIP.IMAGE_ENCODER
     if name == "build_clip_backbone":
-        if not cfg.MODEL.CLIP.WITH_ATTENTION_POOL:
-            raise ValueError("DenseCLIP needs CLIP's dense embeddings: set MODEL.CLIP.WITH_ATTENTION_POOL True")
         clip_model = create_clip_from_config(cfg)
+        # Always with CLIP's attention pool: DenseCLIP reads its dense and global embeddings.
         backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
         text_model = create_text_clip_from_config(cfg) if cfg.MODEL.DENSECLIP.TEXT_ENCODER_MODEL else clip_model
     else:
