@@ -25,6 +25,7 @@ ROLE_PATHS = {
     "proposal_generator": ("proposal_generator",),
     "roi_heads": ("roi_heads",),
     "retinanet_head": ("head",),
+    "sem_seg_head": ("sem_seg_head",),
 }
 # The parameters counted as the text encoder's: the tower and the learnable prompt context.
 PROMPT_ENCODER_PATH = "text_side.prompt_encoder"
@@ -107,11 +108,18 @@ def count_text_encoder_calls(model: torch.nn.Module) -> Iterator[Optional[Dict[s
         del encoder.forward
 
 
+def is_semantic_segmentor(model: torch.nn.Module) -> bool:
+    """A Detectron2 semantic segmentor (inputs and outputs "sem_seg") rather than a detector."""
+    return get_submodule(model, "sem_seg_head") is not None
+
+
 def model_num_classes(model: torch.nn.Module, cfg) -> int:
     """The vocabulary's size for DenseCLIP models (``class_names``), else the config's."""
     names = getattr(model, "class_names", None)
     if names is not None:
         return len(names)
+    if is_semantic_segmentor(model):
+        return cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
         return cfg.MODEL.RETINANET.NUM_CLASSES
     return cfg.MODEL.ROI_HEADS.NUM_CLASSES

@@ -30,8 +30,20 @@ PAPER = {
     ("mask_rcnn", "RN101", "denseclip"): {"gflops": 399.0, "params_m": 84.0},
 }
 PAPER_FLOPS_SIZE = (1280, 800)
+# SPEC section 7 (the paper's ADE20K table, Semantic FPN; the reference's segmentation/get_flops.py counts
+# one whole 1024x1024 image): GFLOPs and params (M, without the frozen text encoder).
+SEGMENTATION_FLOPS_SIZE = (1024, 1024)
+PAPER.update({
+    ("semantic_fpn", encoder, variant): {"gflops": gflops, "params_m": params, "flops_size": SEGMENTATION_FLOPS_SIZE}
+    for encoder, variant, gflops, params in (
+        ("RN50", "clip", 248.8, 31.0), ("RN50", "denseclip", 269.2, 50.3),
+        ("RN101", "clip", 326.6, 50.0), ("RN101", "denseclip", 346.3, 67.8),
+        ("ViT-B-16", "clip", 1037.4, 100.8), ("ViT-B-16", "denseclip", 1043.1, 105.3),
+    )
+})
 
-DENSECLIP_META_ARCHS = ("DenseCLIPRCNN", "DenseCLIPRetinaNet")
+DENSECLIP_META_ARCHS = ("DenseCLIPRCNN", "DenseCLIPRetinaNet", "DenseCLIPSemanticSegmentor")
+SEMANTIC_META_ARCHS = ("CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor")
 
 
 def resolve_config_path(path: str) -> Path:
@@ -59,7 +71,10 @@ def load_config(path: Path, device: str, opts: Sequence[str], keep_score_thresh:
 def describe_config(cfg) -> Dict[str, Any]:
     """Detector family, image encoder and variant (denseclip / clip / in1k / detectron2) of a config."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    detector = "retinanet" if "RetinaNet" in arch else ("mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn")
+    if arch in SEMANTIC_META_ARCHS:
+        detector = "semantic_fpn"
+    else:
+        detector = "retinanet" if "RetinaNet" in arch else ("mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn")
     backbone = cfg.MODEL.BACKBONE.NAME
     # DenseCLIP on an ImageNet backbone (README, "Any backbone") and its plain baseline ("in1k").
     in1k_encoder = cfg.MODEL.TIMM.MODEL_NAME if cfg.MODEL.ANY_BACKBONE.BOTTOM_UP == "build_timm_backbone" else (

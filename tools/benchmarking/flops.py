@@ -58,6 +58,17 @@ def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[st
     """fvcore FLOPs (1 multiply-add = 1 flop) of the model in eval mode on ``inputs`` (batch 1)."""
     FlopCountAnalysis = _import_flop_count_analysis()
     model.eval()
+    # MultiheadAttention's inference fast path is one fused op (aten::_native_multi_head_attention)
+    # that fvcore cannot count; without it, its projections and attention trace as linear + sdpa.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return _count_flops(FlopCountAnalysis, model, inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _count_flops(FlopCountAnalysis, model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
     with torch.no_grad():
         model(inputs)  # fills caches (DenseCLIP's text embeddings) so that the trace is the inference path
         analysis = FlopCountAnalysis(model, inputs)
@@ -78,7 +89,7 @@ def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[st
 
     paths = component_paths(model)
     roles = ("image_encoder", "text_encoder", "context_decoder", "fpn", "proposal_generator", "roi_heads",
-             "retinanet_head")
+             "retinanet_head", "sem_seg_head")
     components = {role: module_flops(paths[role]) for role in roles}
     if encoder_inside_fpn(paths) and components["fpn"] is not None:  # Detectron2's FPN runs the encoder
         components["fpn"] -= components["image_encoder"] or 0.0

@@ -1,5 +1,5 @@
 """Synthetic inputs, the same for every config: noise images with flat rectangles, and for
-training a few GT boxes with box-shaped polygon masks."""
+training a few GT boxes with box-shaped polygon masks (detectors) or label maps (segmentors)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -45,12 +45,29 @@ def synthetic_targets(num: int, size: Tuple[int, int], num_classes: int, seed: i
     return targets
 
 
+def synthetic_sem_seg(num: int, size: Tuple[int, int], num_classes: int, seed: int) -> List[torch.Tensor]:
+    """H x W int64 label maps: the class of a few rectangles over a background class, a band of
+    ignored pixels (255) at the bottom, as padded crops have."""
+    w, h = size
+    g = torch.Generator().manual_seed(seed + 1)
+    labels = []
+    for i in range(num):
+        label = torch.full((h, w), i % num_classes, dtype=torch.int64)
+        for k in range(3):
+            x0, y0 = int(torch.randint(0, w // 2, (1,), generator=g)), int(torch.randint(0, h // 2, (1,), generator=g))
+            label[y0:y0 + h // 3, x0:x0 + w // 3] = (3 * i + k + 1) % num_classes
+        label[-max(h // 16, 1):] = 255
+        labels.append(label)
+    return labels
+
+
 def make_inputs(images: List[torch.Tensor], device: str, targets=None) -> List[Dict[str, Any]]:
+    """Detectron2's inputs; ``targets``: Instances (detectors) or label maps ("sem_seg", segmentors)."""
     batch = []
     for i, img in enumerate(images):
         item = {"image": img.to(device), "height": img.shape[1], "width": img.shape[2]}
         if targets is not None:
-            item["instances"] = targets[i]
+            item["sem_seg" if isinstance(targets[i], torch.Tensor) else "instances"] = targets[i]
         batch.append(item)
     return batch
 

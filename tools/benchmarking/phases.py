@@ -11,10 +11,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .breakdown import breakdown_inference
-from .components import count_parameters, count_text_encoder_calls, model_num_classes
+from .components import count_parameters, count_text_encoder_calls, is_semantic_segmentor, model_num_classes
 from .configs import PAPER, describe_config, load_config
 from .flops import count_flops
-from .inputs import make_inputs, synthetic_images, synthetic_targets
+from .inputs import make_inputs, synthetic_images, synthetic_sem_seg, synthetic_targets
 from .machine import utilization
 from .memory import measure_memory
 from .profiling import profile_inference
@@ -121,7 +121,8 @@ class TrainStep:
         self.model = model
         self.autocast = autocast
         images = synthetic_images(args.batch_train, size, args.seed)
-        targets = synthetic_targets(args.batch_train, size, num_classes, args.seed)
+        make_targets = synthetic_sem_seg if is_semantic_segmentor(model) else synthetic_targets
+        targets = make_targets(args.batch_train, size, num_classes, args.seed)
         self.batch = make_inputs(images, args.device, targets)
         params = [p for p in model.parameters() if p.requires_grad]
         # Small lr: many steps on the same random batch must stay finite (the time does not depend on it).

@@ -32,7 +32,7 @@ def _workload_cell(w: Optional[Dict[str, Any]]) -> str:
         return "–"
     props = w.get("proposals_per_image")
     dets = w.get("detections_per_image")
-    return f"{'–' if props is None else '/'.join(map(str, props))} / {'/'.join(map(str, dets))}"
+    return f"{'–' if props is None else '/'.join(map(str, props))} / {'–' if dets is None else '/'.join(map(str, dets))}"
 
 
 def render_markdown(report: Dict[str, Any]) -> str:

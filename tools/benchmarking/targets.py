@@ -115,8 +115,10 @@ def evaluate_targets(results: List[Dict[str, Any]], comparisons: List[Dict[str, 
         passed = None
         if gflops is None:
             note = "FLOPs not counted"
-        elif tuple(args.flops_size) != PAPER_FLOPS_SIZE:
-            note = f"FLOPs counted at {args.flops_size[0]}x{args.flops_size[1]}, the paper's are at 1280x800"
+        elif tuple(args.flops_size) != tuple(paper.get("flops_size", PAPER_FLOPS_SIZE)):
+            paper_size = paper.get("flops_size", PAPER_FLOPS_SIZE)
+            note = (f"FLOPs counted at {args.flops_size[0]}x{args.flops_size[1]}, the paper's are at "
+                    f"{paper_size[0]}x{paper_size[1]}")
         else:
             passed = abs(gflops / paper["gflops"] - 1.0) <= tol
         checks.append(_check(f"GFLOPs {r['name']} vs paper {paper['gflops']:.0f} G", gflops,

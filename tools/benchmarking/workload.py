@@ -62,7 +62,8 @@ def probe_workload(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict
             handle.remove()
     return {
         "proposals_per_image": seen.get("proposals_per_image"),
-        "detections_per_image": [len(o["instances"]) for o in outputs],
+        # Semantic segmentors output one label map per image: no detections.
+        "detections_per_image": [len(o["instances"]) for o in outputs] if "instances" in outputs[0] else None,
     }
 
 

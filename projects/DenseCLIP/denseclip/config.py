@@ -219,8 +219,17 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC.NUM_VAL = 60
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 256
     _C.DATASETS.SYNTHETIC.SEED = 0
-    # Extra COCO-format datasets to register, as "name=path/to/instances.json:path/to/images".
+    # Extra datasets to register: COCO-format as "name=path/to/instances.json:path/to/images", semantic
+    # segmentation folders as "name=sem_seg:path/to/images:path/to/labels:path/to/classes.txt".
     _C.DATASETS.REGISTER = []
+    # Semantic segmentation training pipeline (data/sem_seg_mapper.py; the reference's mmseg recipe):
+    # the (MAX_SIZE_TRAIN, MIN_SIZE_TRAIN[0]) scale is multiplied by a ratio drawn from this range.
+    _C.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)
+    # Largest share of the crop's labelled pixels one class may cover (10 tries; 1.0 = any crop),
+    # Detectron2's key (DeepLab project) for RandomCrop_CategoryAreaConstraint.
+    _C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # mmseg's PhotoMetricDistortion, as Detectron2's projects name it (ColorAugSSDTransform).
+    _C.INPUT.COLOR_AUG_SSD = False
 
     # ---------------------------------------------------------------- runtime
     # Re-initialise vocabulary-dependent tensors when MODEL.WEIGHTS was trained with another number

@@ -1,5 +1,6 @@
-"""The command line of ``demo.py`` (repository root), as Detectron2's demo/demo.py: detections of
-images (files, folders, glob patterns), of a video file or of the webcam, drawn with Detectron2's
+"""The command line of ``demo.py`` (repository root), as Detectron2's demo/demo.py: detections (or
+semantic segmentations, with a segmentation config) of images (files, folders, glob patterns), of a
+video file or of the webcam, drawn with Detectron2's
 visualizers, written under ``--output`` or shown in a window; an optional vocabulary (names or a
 preset) and the pixel-text score maps of images.
 
@@ -60,7 +61,8 @@ def _vocabulary_arg(value: str) -> List[str]:
 def get_parser() -> argparse.ArgumentParser:
     presets = "; ".join(f"{name}: {description}" for name, (description, _) in VOCABULARY_PRESETS.items())
     parser = argparse.ArgumentParser(
-        description="DenseCLIP demo: draw detections (and pixel-text score maps) of images, a video or the webcam.",
+        description="DenseCLIP demo: draw detections or semantic segmentations (and pixel-text score maps) of images, "
+        "a video or the webcam.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
@@ -334,8 +336,11 @@ def _run_images(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[Lis
             logger.debug("Traceback:", exc_info=True)
             summary.failed.append((path, f"{type(e).__name__}: {e}"))
             continue
-        n = len(predictions["instances"]) if "instances" in predictions else 0
-        logger.info("%s: %d detection(s)%s", path, n, f" -> {files[0]}" if files else "")
+        if "sem_seg" in predictions:
+            found = f"{len(predictions['sem_seg'].argmax(dim=0).unique())} class(es) segmented"
+        else:
+            found = f"{len(predictions['instances']) if 'instances' in predictions else 0} detection(s)"
+        logger.info("%s: %s%s", path, found, f" -> {files[0]}" if files else "")
         summary.written.extend(files)
         summary.num_images += 1
         if folder is None and not all(_show(drawn, 0) for drawn in drawings.values()):

@@ -25,6 +25,7 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.utils.colormap import colormap
 
 from .engine.checkpoint import AtomicDetectionCheckpointer, checkpoint_vocabulary
 from .modeling.vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
@@ -129,13 +130,20 @@ def predictor_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]] = Non
         raise ValueError(f"{e}; or give the predictor a vocabulary, or MODEL.WEIGHTS a checkpoint that records its class names") from None
 
 
-def _metadata_for(names: Sequence[str], base: Optional[Metadata] = None) -> Metadata:
-    """A Metadata object for drawing, not registered in the MetadataCatalog. Colours of ``base``
-    (the dataset's metadata) are kept when it has the same classes."""
+def _metadata_for(names: Sequence[str], base: Optional[Metadata] = None, kind: str = "thing") -> Metadata:
+    """A Metadata object for drawing, not registered in the MetadataCatalog: ``thing_classes`` for
+    detectors, ``stuff_classes`` for semantic segmentation models (``kind`` "stuff", what
+    ``Visualizer.draw_sem_seg`` reads). Colours of ``base`` (the dataset's metadata) are kept when
+    it has the same classes; segmentation classes otherwise get Detectron2's colormap, so that a
+    class keeps its colour from image to image (draw_sem_seg would draw random ones)."""
     metadata = Metadata(name="denseclip_predictor_vocabulary")
-    metadata.thing_classes = list(names)
-    if base is not None and list(base.get("thing_classes", [])) == list(names) and base.get("thing_colors", None):
-        metadata.thing_colors = list(base.thing_colors)
+    metadata.set(**{f"{kind}_classes": list(names)})
+    colors = base.get(f"{kind}_colors", None) if base is not None and list(base.get(f"{kind}_classes", [])) == list(names) else None
+    if colors is None and kind == "stuff":
+        palette = colormap(rgb=True)
+        colors = [tuple(int(c) for c in palette[i % len(palette)]) for i in range(len(names))]
+    if colors:
+        metadata.set(**{f"{kind}_colors": list(colors)})
     return metadata
 
 
@@ -151,8 +159,9 @@ class DenseCLIPPredictor(DefaultPredictor):
 
     Attributes:
         model, cfg, aug, input_format: as in ``DefaultPredictor``.
-        metadata: a ``Metadata`` whose ``thing_classes`` are the current vocabulary (for
-            Detectron2's ``Visualizer``); the registered datasets' metadata is never modified.
+        metadata: a ``Metadata`` whose ``thing_classes`` (``stuff_classes`` for semantic
+            segmentation models) are the current vocabulary (for Detectron2's ``Visualizer``);
+            the registered datasets' metadata is never modified.
     """
 
     def __init__(self, cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None):
@@ -177,7 +186,9 @@ class DenseCLIPPredictor(DefaultPredictor):
         if len(self.cfg.DATASETS.TEST) and self.cfg.DATASETS.TEST[0] in MetadataCatalog.list():
             base = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
         self._dataset_metadata = base
-        self.metadata = _metadata_for(self.class_names, base)
+        # Detectors predict "things", semantic segmentation models "stuff" (Detectron2's metadata fields).
+        self._class_kind = VOCABULARY_META_ARCHITECTURES.get(self.cfg.MODEL.META_ARCHITECTURE, "thing")
+        self.metadata = _metadata_for(self.class_names, base, self._class_kind)
         if vocabulary and list(vocabulary) != self.class_names:
             self.set_vocabulary(vocabulary)
 
@@ -210,7 +221,7 @@ class DenseCLIPPredictor(DefaultPredictor):
                     "(MODEL.DENSECLIP.HEAD 'language')"
                 )
             self.model.set_vocabulary(names)
-        self.metadata = _metadata_for(names, self._dataset_metadata)
+        self.metadata = _metadata_for(names, self._dataset_metadata, self._class_kind)
 
     # -------------------------------------------------------------------------------- inference
     def _inputs(self, original_image: np.ndarray) -> Dict:
@@ -224,7 +235,8 @@ class DenseCLIPPredictor(DefaultPredictor):
         return {"image": tensor, "height": height, "width": width}
 
     def __call__(self, original_image: np.ndarray) -> Dict:
-        """Predictions (``{"instances": Instances}`` in original image coordinates) for a BGR image."""
+        """Predictions for a BGR image, in original image coordinates: ``{"instances": Instances}``
+        (detectors) or ``{"sem_seg": K x H x W scores}`` (semantic segmentation models)."""
         return self.predict(original_image)[0]
 
     def predict(

@@ -1,6 +1,7 @@
-"""Drawing DenseCLIP's outputs with Detectron2's visualizers: detections of an image
-(``Visualizer``) or of consecutive video frames (``VideoVisualizer``: an object keeps its colour),
-and pixel-text score maps as heat maps over the image. Images are BGR uint8 H x W x 3 arrays, as
+"""Drawing DenseCLIP's outputs with Detectron2's visualizers: detections or semantic segmentations
+(``draw_sem_seg``, each pixel's most likely class) of an image (``Visualizer``) or of consecutive
+video frames (``VideoVisualizer``: an object keeps its colour), and pixel-text score maps as heat
+maps over the image. Images are BGR uint8 H x W x 3 arrays, as
 OpenCV reads and writes them."""
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ __all__ = ["VideoDrawer", "draw_predictions", "score_map_overlay"]
 
 
 def draw_predictions(bgr_image: np.ndarray, predictions: Dict, metadata: Metadata) -> np.ndarray:
-    """Detections (boxes, labels, scores, masks) drawn by Detectron2's Visualizer; BGR uint8."""
+    """Detections (boxes, labels, scores, masks) or a semantic segmentation ("sem_seg": K x H x W
+    scores, drawn as its per-pixel argmax with the class names of ``metadata.stuff_classes``)
+    drawn by Detectron2's Visualizer; BGR uint8."""
     visualizer = Visualizer(bgr_image[:, :, ::-1], metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     if "instances" in predictions:
         drawn = visualizer.draw_instance_predictions(predictions["instances"].to("cpu"))
+    elif "sem_seg" in predictions:
+        drawn = visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).to("cpu"))
     else:
         drawn = visualizer.output
     return drawn.get_image()[:, :, ::-1]
 
 
 class VideoDrawer:
-    """Draws the detections of consecutive frames of one video with Detectron2's VideoVisualizer,
-    which matches instances from frame to frame so that an object keeps its colour."""
+    """Draws the detections (or semantic segmentations) of consecutive frames of one video with
+    Detectron2's VideoVisualizer, which matches instances from frame to frame so that an object
+    keeps its colour."""
 
     def __init__(self, metadata: Metadata):
         self._visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
@@ -36,6 +42,9 @@ class VideoDrawer:
         rgb = np.ascontiguousarray(bgr_frame[:, :, ::-1])
         if "instances" in predictions:
             drawn = self._visualizer.draw_instance_predictions(rgb, predictions["instances"].to("cpu"))
+            return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
+        if "sem_seg" in predictions:
+            drawn = self._visualizer.draw_sem_seg(rgb, predictions["sem_seg"].argmax(dim=0).to("cpu"))
             return np.ascontiguousarray(drawn.get_image()[:, :, ::-1])
         return np.ascontiguousarray(bgr_frame)
 

@@ -1,11 +1,16 @@
 """Datasets and data loading of DenseCLIP.
 
-Importing this package registers "synthetic_shapes_train" and "synthetic_shapes_val" (generated on
-first use under $DENSECLIP_SYNTHETIC_ROOT, else ``datasets/synthetic_shapes`` in the working
-directory), so that the default configs run with no download.
+Importing this package registers "synthetic_shapes_train" and "synthetic_shapes_val" and their
+semantic segmentation twins "synthetic_shapes_sem_seg_train" and "synthetic_shapes_sem_seg_val"
+(generated on first use under $DENSECLIP_SYNTHETIC_ROOT, else ``datasets/synthetic_shapes`` in the
+working directory), so that the default configs run with no download, and, like Detectron2's
+builtin datasets, "ade20k_mmseg_sem_seg_train" and "ade20k_mmseg_sem_seg_val" under
+$DETECTRON2_DATASETS (read when a loader asks for them).
 """
+from .ade20k import ADE20K_DATASET_NAMES, register_ade20k
+from .ade20k_classes import ADE20K_CLASSES
 from .from_config import register_datasets_from_config
-from .mapper import BadImageError, RobustDatasetMapper, read_image_robust
+from .mapper import BadImageError, RobustDatasetMapper, read_image_robust, read_label_map
 from .register import (
     parse_dataset_spec,
     register_coco_json,
@@ -13,8 +18,11 @@ from .register import (
     register_tiny_coco,
     validate_coco_json,
 )
+from .sem_seg_folder import read_class_names, register_sem_seg_folder, validate_sem_seg_folder
+from .sem_seg_mapper import SemSegDatasetMapper, build_sem_seg_augmentations
 from .synthetic import (
     SYNTHETIC_CLASSES,
+    SYNTHETIC_SEM_SEG_CLASSES,
     default_synthetic_root,
     generate_synthetic_dataset,
     register_synthetic_dataset,
@@ -22,20 +30,31 @@ from .synthetic import (
 )
 
 register_synthetic_dataset()
+register_ade20k()
 
 __all__ = [
+    "ADE20K_CLASSES",
+    "ADE20K_DATASET_NAMES",
     "BadImageError",
     "RobustDatasetMapper",
     "SYNTHETIC_CLASSES",
+    "SYNTHETIC_SEM_SEG_CLASSES",
+    "SemSegDatasetMapper",
+    "build_sem_seg_augmentations",
     "default_synthetic_root",
     "generate_synthetic_dataset",
     "parse_dataset_spec",
+    "read_class_names",
     "read_image_robust",
+    "read_label_map",
+    "register_ade20k",
     "register_coco_json",
     "register_datasets_from_config",
     "register_datasets_from_spec",
+    "register_sem_seg_folder",
     "register_synthetic_dataset",
     "register_synthetic_from_config",
     "register_tiny_coco",
     "validate_coco_json",
+    "validate_sem_seg_folder",
 ]

@@ -14,10 +14,11 @@ logger = logging.getLogger(__name__)
 
 
 def register_datasets_from_config(cfg: CfgNode, dataset_specs: Sequence[str] = ()) -> List[str]:
-    """Register the COCO-format datasets of ``dataset_specs`` (``--dataset NAME=JSON:IMAGE_ROOT``)
-    and of DATASETS.REGISTER, and the generated synthetic dataset where DATASETS.SYNTHETIC places
-    it. The specs are recorded in DATASETS.REGISTER (``cfg`` must be unfrozen when there are new
-    ones), so that a run's dumped config.yaml registers them again. Returns the registered names."""
+    """Register the datasets of ``dataset_specs`` (``--dataset NAME=JSON:IMAGE_ROOT``, or
+    ``NAME=sem_seg:IMAGE_DIR:LABEL_DIR:CLASSES_TXT`` for images and label PNGs) and of
+    DATASETS.REGISTER, and the generated synthetic datasets where DATASETS.SYNTHETIC places them.
+    The specs are recorded in DATASETS.REGISTER (``cfg`` must be unfrozen when there are new ones),
+    so that a run's dumped config.yaml registers them again. Returns the registered names."""
     specs = list(dict.fromkeys(list(dataset_specs) + list(cfg.DATASETS.REGISTER)))
     names = register_datasets_from_spec(specs) if specs else []
     if specs != list(cfg.DATASETS.REGISTER):

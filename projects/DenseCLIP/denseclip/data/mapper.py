@@ -90,6 +90,31 @@ def read_image_robust(file_name: str, format: Optional[str] = None) -> np.ndarra
     return utils.convert_PIL_to_numpy(_to_8bit(image), format)
 
 
+# PIL modes of label maps whose pixel values are the class indices ("P": palette indices, which is
+# also what Detectron2's SemSegEvaluator reads; converting to "L" would turn them into grey levels).
+LABEL_MODES = ("L", "P")
+
+
+def read_label_map(file_name: str) -> np.ndarray:
+    """Class indices of a semantic label PNG (uint8 H x W), as SemSegEvaluator reads them; a
+    ``BadImageError`` for an unreadable file or one that is not single-channel."""
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(io.BytesIO(f.read()))
+            image.load()
+    except FileNotFoundError:
+        raise BadImageError(file_name, "label file not found") from None
+    except Exception as e:
+        raise BadImageError(file_name, f"not a readable label image ({type(e).__name__}: {e})") from e
+    if image.mode not in LABEL_MODES:
+        raise BadImageError(
+            file_name,
+            f"label maps must be single-channel PNGs (mode L or P) whose pixel values are class indices "
+            f"(255 = ignore), got mode {image.mode}; convert colour-coded maps to indices first",
+        )
+    return np.asarray(image, dtype=np.uint8)
+
+
 def _is_finite_sequence(values, length: Optional[int] = None) -> bool:
     try:
         return (length is None or len(values) == length) and all(math.isfinite(float(v)) for v in values)
@@ -158,7 +183,12 @@ class RobustDatasetMapper(DatasetMapper):
         dataset_dict.setdefault("height", height)
 
         if "sem_seg_file_name" in dataset_dict:
-            sem_seg_gt = read_image_robust(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+            label_file = dataset_dict.pop("sem_seg_file_name")
+            sem_seg_gt = read_label_map(label_file)
+            if sem_seg_gt.shape != (height, width):
+                raise BadImageError(
+                    label_file, f"label size {sem_seg_gt.shape[1]}x{sem_seg_gt.shape[0]} differs from its image's {width}x{height}"
+                )
         else:
             sem_seg_gt = None
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)

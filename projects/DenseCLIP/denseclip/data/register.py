@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from .sem_seg_folder import SEM_SEG_SPEC_FORMAT, is_sem_seg_spec, parse_sem_seg_spec, register_sem_seg_folder
+
 logger = logging.getLogger(__name__)
 
 COCO_REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -234,18 +236,24 @@ def parse_dataset_spec(spec: str) -> Tuple[str, str, str]:
     cut = paths.lower().find(".json:")
     json_file, image_root = (paths[: cut + 5], paths[cut + 6 :]) if cut >= 0 else paths.rpartition(":")[::2]
     if not (sep and name.strip() and json_file and image_root):
-        raise ValueError(f"Cannot parse dataset spec {spec!r}: expected {DATASET_SPEC_FORMAT!r}")
+        raise ValueError(
+            f"Cannot parse dataset spec {spec!r}: expected {DATASET_SPEC_FORMAT!r} (COCO json), or "
+            f"{SEM_SEG_SPEC_FORMAT!r} (images and label PNGs)"
+        )
     return name.strip(), json_file, image_root
 
 
 def register_datasets_from_spec(specs: Sequence[str]) -> List[str]:
-    """Register every "name=json_file:image_root" of ``specs`` (the ``--dataset`` flag, or the
-    config key DATASETS.REGISTER). All specs are parsed before any is registered, so a typo in the
+    """Register every spec of ``specs`` (the ``--dataset`` flag, or the config key
+    DATASETS.REGISTER): "name=json_file:image_root" for a COCO-format json, or
+    "name=sem_seg:image_root:label_root:classes_file" for a folder of images and label PNGs
+    (``register_sem_seg_folder``). All specs are parsed before any is registered, so a typo in the
     last one is reported before the first one is validated. Returns the registered names."""
-    parsed = [parse_dataset_spec(s) for s in specs]
-    for name, json_file, image_root in parsed:
-        register_coco_json(name, json_file, image_root)
-    return [name for name, _, _ in parsed]
+    parsed = [(parse_sem_seg_spec(s), register_sem_seg_folder) if is_sem_seg_spec(s) else (parse_dataset_spec(s), register_coco_json)
+              for s in specs]
+    for args, register in parsed:
+        register(*args)
+    return [args[0] for args, _ in parsed]
 
 
 def register_tiny_coco(root: str) -> List[str]:

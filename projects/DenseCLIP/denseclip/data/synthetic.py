@@ -7,10 +7,16 @@ distinct colour with a plain English name ("red circle"), so CLIP's text encoder
 class names. Scenes are drawn on textured, noisy backgrounds with partial occlusions; the masks of
 occluded objects cover only their visible part, exactly as in real COCO annotations.
 
+The same scenes also make a semantic segmentation dataset: one label PNG per image whose pixel
+values are the class of the visible object (1-8, the COCO category id) or 0 for the background,
+written from the same visibility map as the instance annotations (no extra random draws, so the
+images and instance annotations of a seed do not depend on whether label maps exist).
+
 Layout written under ``root``::
 
     train/000000.jpg ...          val/000000.jpg ...
     annotations/instances_train.json   annotations/instances_val.json
+    sem_seg/train/000000.png ...  sem_seg/val/000000.png ...
     manifest.json                 (generation parameters; a matching manifest means "up to date")
 """
 import contextlib
@@ -20,7 +26,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -28,8 +34,9 @@ import pycocotools.mask as mask_util
 
 logger = logging.getLogger(__name__)
 
-# Bump when the drawing code changes, so that existing datasets on disk are regenerated.
-GENERATOR_VERSION = 1
+# Bump when the drawing code changes, so that existing datasets on disk are regenerated
+# (2: semantic label maps added; images and instance annotations are unchanged).
+GENERATOR_VERSION = 2
 
 SYNTHETIC_CLASSES: List[str] = [
     "red circle",
@@ -41,6 +48,10 @@ SYNTHETIC_CLASSES: List[str] = [
     "white cross",
     "pink heart",
 ]
+# Classes of the semantic label maps: the background, then the shapes, so that label value = the
+# shape's COCO category id.
+SYNTHETIC_SEM_SEG_CLASSES: List[str] = ["background", *SYNTHETIC_CLASSES]
+SEM_SEG_IGNORE_LABEL = 255
 
 # RGB base colour of each class (index-aligned with SYNTHETIC_CLASSES).
 _CLASS_COLOURS = np.array(
@@ -247,9 +258,28 @@ def _image_file_name(index: int) -> str:
     return f"{index:06d}.jpg"
 
 
+def _label_file_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def _label_map(objects: List[_Object], owner: np.ndarray) -> np.ndarray:
+    """uint8 semantic labels of a scene: 1 + class index of the visible object, 0 = background."""
+    classes = np.array([0] + [obj.class_index + 1 for obj in objects], dtype=np.uint8)
+    return classes[owner]
+
+
+def _write_encoded(path: str, image: np.ndarray, ext: str, params: Sequence[int] = ()) -> None:
+    ok, buf = cv2.imencode(ext, image, list(params))
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path}")
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
 def _generate_split(out_dir: str, split: str, num_images: int, image_size: int, seed: int) -> Dict:
-    """Write ``out_dir/<split>/*.jpg`` and return the split's COCO dict."""
+    """Write ``out_dir/<split>/*.jpg`` and ``out_dir/sem_seg/<split>/*.png``; return the split's COCO dict."""
     os.makedirs(os.path.join(out_dir, split))
+    os.makedirs(os.path.join(out_dir, "sem_seg", split))
     images, annotations = [], []
     for index in range(num_images):
         # One independent stream per image: the dataset does not depend on the generation order,
@@ -258,11 +288,10 @@ def _generate_split(out_dir: str, split: str, num_images: int, image_size: int, 
         objects, owner = _place_objects(rng, image_size)
         image = _render(rng, image_size, objects, owner)
         file_name = _image_file_name(index)
-        ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode {split}/{file_name} as JPEG")
-        with open(os.path.join(out_dir, split, file_name), "wb") as f:
-            f.write(buf.tobytes())
+        _write_encoded(
+            os.path.join(out_dir, split, file_name), image[:, :, ::-1], ".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        )
+        _write_encoded(os.path.join(out_dir, "sem_seg", split, _label_file_name(index)), _label_map(objects, owner), ".png")
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
         for k, obj in enumerate(objects, start=1):
@@ -281,6 +310,7 @@ def _paths(root: str) -> Dict[str, str]:
         "manifest": os.path.join(root, MANIFEST_NAME),
         **{f"{s}_json": os.path.join(root, "annotations", f"instances_{s}.json") for s in SPLITS},
         **{f"{s}_image_root": os.path.join(root, s) for s in SPLITS},
+        **{f"{s}_sem_seg_root": os.path.join(root, "sem_seg", s) for s in SPLITS},
     }
 
 
@@ -307,7 +337,11 @@ def _is_up_to_date(root: str, manifest: Dict) -> bool:
     counts = {"train": manifest["num_train"], "val": manifest["num_val"]}
     return all(
         os.path.isfile(paths[f"{s}_json"])
-        and all(os.path.isfile(os.path.join(paths[f"{s}_image_root"], _image_file_name(i))) for i in range(counts[s]))
+        and all(
+            os.path.isfile(os.path.join(paths[f"{s}_image_root"], _image_file_name(i)))
+            and os.path.isfile(os.path.join(paths[f"{s}_sem_seg_root"], _label_file_name(i)))
+            for i in range(counts[s])
+        )
         for s in SPLITS
     )
 
@@ -334,7 +368,7 @@ def _check_replaceable(root: str) -> None:
     if not os.path.exists(root):
         return
     entries = set(os.listdir(root))
-    ours = {MANIFEST_NAME, "annotations", *SPLITS}
+    ours = {MANIFEST_NAME, "annotations", "sem_seg", *SPLITS}
     if entries and (MANIFEST_NAME not in entries or not entries <= ours):
         raise FileExistsError(
             f"{root} exists and does not look like a synthetic shapes dataset (it contains "
@@ -361,7 +395,7 @@ def generate_synthetic_dataset(
     place, so an interrupted run never leaves a half-written dataset that looks complete.
 
     Returns the paths: ``root``, ``manifest``, ``train_json``, ``val_json``, ``train_image_root``,
-    ``val_image_root``.
+    ``val_image_root``, ``train_sem_seg_root``, ``val_sem_seg_root``.
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
@@ -402,6 +436,7 @@ def generate_synthetic_dataset(
 
 
 SYNTHETIC_DATASET_NAMES = {split: f"synthetic_shapes_{split}" for split in SPLITS}
+SYNTHETIC_SEM_SEG_DATASET_NAMES = {split: f"synthetic_shapes_sem_seg_{split}" for split in SPLITS}
 # Used when neither an explicit root nor DENSECLIP_SYNTHETIC_ROOT is given; relative to the
 # working directory, like Detectron2's own "datasets/" default.
 DEFAULT_SYNTHETIC_ROOT = os.path.join("datasets", "synthetic_shapes")
@@ -413,18 +448,36 @@ def default_synthetic_root() -> str:
     return os.path.abspath(os.environ.get(SYNTHETIC_ROOT_ENV) or DEFAULT_SYNTHETIC_ROOT)
 
 
+def _sem_seg_records(paths: Dict[str, str], split: str, count: int, image_size: int) -> List[Dict]:
+    """Detectron2 semantic segmentation records of a generated split (one per image, by index)."""
+    image_root, label_root = paths[f"{split}_image_root"], paths[f"{split}_sem_seg_root"]
+    return [
+        {
+            "file_name": os.path.join(image_root, _image_file_name(i)),
+            "sem_seg_file_name": os.path.join(label_root, _label_file_name(i)),
+            "image_id": i + 1,
+            "height": image_size,
+            "width": image_size,
+        }
+        for i in range(count)
+    ]
+
+
 def register_synthetic_dataset(
     root: Optional[str] = None, num_train: int = 240, num_val: int = 60, image_size: int = 256, seed: int = 0
 ) -> List[str]:
-    """Register "synthetic_shapes_train" and "synthetic_shapes_val" with Detectron2.
+    """Register the synthetic datasets with Detectron2: "synthetic_shapes_train" and
+    "synthetic_shapes_val" (instances, COCO evaluation), and over the same images
+    "synthetic_shapes_sem_seg_train" and "synthetic_shapes_sem_seg_val" (semantic label maps,
+    stuff_classes = SYNTHETIC_SEM_SEG_CLASSES, ignore_label 255, mIoU evaluation).
 
     Registration is lazy: nothing is generated until ``DatasetCatalog.get`` is called, so that
-    importing the package stays cheap and never writes files. The metadata (thing_classes,
-    evaluator_type "coco", json_file, image_root) is available at once, because the model's
+    importing the package stays cheap and never writes files. The metadata (thing_classes or
+    stuff_classes, evaluator_type, file locations) is available at once, because the model's
     vocabulary is read from it before any data is loaded.
 
     Registering again with the same parameters does nothing; with different ones (another root,
-    size or seed) it replaces the previous registration. Returns the two dataset names.
+    size or seed) it replaces the previous registration. Returns the two instance dataset names.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_coco_json
@@ -432,31 +485,51 @@ def register_synthetic_dataset(
     root = os.path.abspath(os.fspath(root)) if root is not None else default_synthetic_root()
     params = {"root": root, "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
     paths = _paths(root)
-    for split, name in SYNTHETIC_DATASET_NAMES.items():
-        if name in DatasetCatalog.list():
-            if getattr(MetadataCatalog.get(name), "synthetic_params", None) == params:
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
 
-        def load(split: str = split, name: str = name) -> List[Dict]:
-            generate_synthetic_dataset(root, num_train, num_val, image_size, seed)
-            return load_coco_json(paths[f"{split}_json"], paths[f"{split}_image_root"], name)
+    def generate() -> None:
+        generate_synthetic_dataset(root, num_train, num_val, image_size, seed)
 
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(
-            thing_classes=list(SYNTHETIC_CLASSES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
-            evaluator_type="coco",
-            json_file=paths[f"{split}_json"],
-            image_root=paths[f"{split}_image_root"],
-            synthetic_params=params,
-        )
+    for split in SPLITS:
+        instances = {
+            "thing_classes": list(SYNTHETIC_CLASSES),
+            "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
+            "evaluator_type": "coco",
+            "json_file": paths[f"{split}_json"],
+            "image_root": paths[f"{split}_image_root"],
+        }
+        sem_seg = {
+            "stuff_classes": list(SYNTHETIC_SEM_SEG_CLASSES),
+            "ignore_label": SEM_SEG_IGNORE_LABEL,
+            "evaluator_type": "sem_seg",
+            "image_root": paths[f"{split}_image_root"],
+            "sem_seg_root": paths[f"{split}_sem_seg_root"],
+        }
+
+        def load_instances(split: str = split) -> List[Dict]:
+            generate()
+            return load_coco_json(paths[f"{split}_json"], paths[f"{split}_image_root"], SYNTHETIC_DATASET_NAMES[split])
+
+        def load_sem_seg(split: str = split) -> List[Dict]:
+            generate()
+            return _sem_seg_records(paths, split, num_train if split == "train" else num_val, image_size)
+
+        for name, load, metadata in (
+            (SYNTHETIC_DATASET_NAMES[split], load_instances, instances),
+            (SYNTHETIC_SEM_SEG_DATASET_NAMES[split], load_sem_seg, sem_seg),
+        ):
+            if name in DatasetCatalog.list():
+                if getattr(MetadataCatalog.get(name), "synthetic_params", None) == params:
+                    continue
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+            DatasetCatalog.register(name, load)
+            MetadataCatalog.get(name).set(**metadata, synthetic_params=params)
     return list(SYNTHETIC_DATASET_NAMES.values())
 
 
 def register_synthetic_from_config(cfg) -> List[str]:
-    """(Re-)register the synthetic datasets with the parameters in ``cfg.DATASETS.SYNTHETIC``.
+    """(Re-)register the synthetic datasets (instances and semantic segmentation) with the
+    parameters in ``cfg.DATASETS.SYNTHETIC``; returns the four names.
 
     A relative ROOT is resolved against the working directory. When ROOT is left at its stock
     value and $DENSECLIP_SYNTHETIC_ROOT is set, the environment variable wins, so that one
@@ -467,6 +540,7 @@ def register_synthetic_from_config(cfg) -> List[str]:
     c = cfg.DATASETS.SYNTHETIC
     root = None if os.path.normpath(c.ROOT) == DEFAULT_SYNTHETIC_ROOT else c.ROOT
     names = register_synthetic_dataset(root, c.NUM_TRAIN, c.NUM_VAL, c.IMAGE_SIZE, c.SEED)
+    names += list(SYNTHETIC_SEM_SEG_DATASET_NAMES.values())
     for name in names:
         if name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             params = MetadataCatalog.get(name).synthetic_params

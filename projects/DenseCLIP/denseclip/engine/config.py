@@ -161,7 +161,8 @@ def check_dataset_names(cfg: CfgNode) -> None:
     if problems:
         raise ConfigError(
             "; ".join(problems) + ". Register a COCO-format dataset with --dataset NAME=JSON:IMAGE_ROOT "
-            "or DATASETS.REGISTER (see datasets/README.md)"
+            "(images and label PNGs: NAME=sem_seg:IMAGE_DIR:LABEL_DIR:CLASSES_TXT) or DATASETS.REGISTER "
+            "(see datasets/README.md)"
         )
 
 

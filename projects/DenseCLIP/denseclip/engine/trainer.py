@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 import weakref
 from collections import Counter
@@ -15,16 +16,17 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_denseclip_config
-from ..data import RobustDatasetMapper, register_datasets_from_config
+from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
 from ..modeling.vocabulary import record_vocabulary
 from .checkpoint import AtomicDetectionCheckpointer
@@ -38,10 +40,17 @@ __all__ = [
     "Trainer",
     "cpu_processes_requested",
     "default_argument_parser",
+    "is_semantic_segmentation",
     "setup",
 ]
 
 logger = logging.getLogger(__name__)
+
+def is_semantic_segmentation(cfg: CfgNode) -> bool:
+    """Whether MODEL.META_ARCHITECTURE is a semantic segmentor: Detectron2's ``SemanticSegmentor``
+    or a subclass (its contract: "image" and "sem_seg" in, {"sem_seg": K x H x W} out)."""
+    return issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), SemanticSegmentor)
+
 
 class GradScalerOverflowLogger(HookBase):
     """Make AMP's silently skipped optimizer steps visible.
@@ -252,18 +261,30 @@ class Trainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
         return build_lr_scheduler(cfg, optimizer)
 
+    @staticmethod
+    def _mapper(cfg: CfgNode, is_train: bool) -> RobustDatasetMapper:
+        """The data package's mappers, which skip unreadable images (and repair bad annotations)
+        instead of killing a long run: ``SemSegDatasetMapper`` (the reference's segmentation
+        pipeline) for semantic segmentors, ``RobustDatasetMapper`` for detectors."""
+        mapper_class = SemSegDatasetMapper if is_semantic_segmentation(cfg) else RobustDatasetMapper
+        return mapper_class(cfg, is_train=is_train)
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Iterable:
-        """Detectron2's loader with the data package's ``RobustDatasetMapper``, which skips
-        unreadable images and repairs bad annotations instead of killing a long run."""
-        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=cls._mapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
-        return build_detection_test_loader(cfg, dataset_name, mapper=RobustDatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=cls._mapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+        """By the dataset's evaluator_type, as Detectron2's tools do: "sem_seg" -> SemSegEvaluator
+        (mIoU, fwIoU, mACC, pACC), otherwise COCO box (and mask) AP."""
+        if MetadataCatalog.get(dataset_name).get("evaluator_type", None) == "sem_seg":
+            if output_folder is None:
+                output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
         return build_coco_evaluator(cfg, dataset_name, output_folder)
 
 
@@ -277,7 +298,8 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         action="append",
         default=[],
         metavar="NAME=JSON:IMAGE_ROOT",
-        help="register a COCO-format dataset under NAME (repeatable); use it in DATASETS.TRAIN/TEST",
+        help="register a COCO-format dataset under NAME (repeatable), or a folder of images and label PNGs with "
+        "NAME=sem_seg:IMAGE_DIR:LABEL_DIR:CLASSES_TXT; use NAME in DATASETS.TRAIN/TEST",
     )
     parser.add_argument(
         "--cpu-processes",

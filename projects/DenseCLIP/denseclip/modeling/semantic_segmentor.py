@@ -171,6 +171,20 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
         dense = self.extract_features(ImageList(images, [tuple(images.shape[-2:])] * len(images)))
         return self.sem_seg_head.layers(dense.features, self._head_text(dense))
 
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]] | Dict[str, torch.Tensor]:
+        """As ``CLIPSemanticSegmentor.forward``; at inference with ``return_score_maps`` each output
+        also holds "score_maps" (K x height x width ``sigmoid(cosine / tau)``, the detectors' output):
+        the pixel-text score maps of the whole test-resized image, by one more pass of the image
+        encoder and text side (the segmentation itself may be assembled from windows or views)."""
+        outputs = super().forward(batched_inputs)
+        if self.training or not self.return_score_maps:
+            return outputs
+        for output, image, inputs in zip(outputs, self.normalized_images(batched_inputs), batched_inputs):
+            images = ImageList(image[None], [tuple(image.shape[-2:])])
+            text, score_map = self.text_side(self.backbone(images.tensor))
+            self.add_score_maps([output], DenseCLIPFeatures({}, text, score_map), [inputs], images)
+        return outputs
+
     def training_losses(self, images: ImageList, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         dense = self.extract_features(images)
         losses = self.sem_seg_head(dense.features, targets, self._head_text(dense))[1]
