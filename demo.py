@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     setup_logger(name="denseclip", abbrev_name="denseclip")
     try:
         return run_demo(args).exit_code
-    except (DemoError, ValueError, FileNotFoundError) as e:  # bad config, --opts, vocabulary, weights, input: no traceback
+    # bad config, --opts, vocabulary, weights, input, no onnxruntime for --onnx: the message, no traceback
+    except (DemoError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -19,4 +19,16 @@ setup(
         "pycocotools==2.0.11",
         "opencv-python-headless==4.12.0.88",
     ],
+    extras_require={
+        # tools/deploy (export to ONNX with torch.onnx's dynamo exporter, run in ONNX Runtime) and its
+        # tests; the dependencies these pull in beyond requirements/lock.txt are pinned too.
+        "deploy": [
+            "onnx==1.23.2",
+            "onnxscript==0.7.2",
+            "onnx-ir==1.1.0",
+            "onnxruntime==1.32.0",
+            "ml_dtypes==0.7.0",
+            "flatbuffers==25.12.19",
+        ],
+    },
 )

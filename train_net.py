@@ -4,6 +4,7 @@ this project).
 
     python train_net.py --config-file configs/COCO/retinanet_denseclip_R50_FPN_1x.yaml --num-gpus 8
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file CFG --eval-only --onnx export/   # an export of tools/deploy/export_model.py
     python train_net.py --config-file CFG --dataset my_train=ann.json:images/ DATASETS.TRAIN "('my_train',)"
 
 Without GPUs, ``--num-gpus N --cpu-processes`` trains with N CPU processes (gloo); ``--resume``
@@ -18,6 +19,8 @@ from denseclip.engine import ConfigError, LaunchError, Trainer, cpu_processes_re
 
 def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
+    if args.eval_only and args.onnx:
+        return Trainer.test(cfg, exported_model(args.onnx, cfg))
     if args.eval_only:
         model = Trainer.build_model(cfg)
         Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -25,6 +28,19 @@ def main(args: argparse.Namespace) -> Any:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def exported_model(path: str, cfg) -> Any:
+    """The export at ``path`` (denseclip.deploy.ExportedModel), checked against the config's vocabulary."""
+    from denseclip.deploy import ExportedModel
+
+    model = ExportedModel(path)
+    if model.class_names != list(cfg.MODEL.DENSECLIP.CLASS_NAMES):
+        raise ConfigError(
+            f"--onnx {path}: the export detects {len(model.class_names)} classes ({', '.join(model.class_names[:5])}, ...), "
+            f"the config's datasets {len(cfg.MODEL.DENSECLIP.CLASS_NAMES)} ({', '.join(cfg.MODEL.DENSECLIP.CLASS_NAMES[:5])}, ...)"
+        )
+    return model
 
 
 if __name__ == "__main__":

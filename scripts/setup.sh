@@ -50,6 +50,7 @@ echo "[setup] installing $D2_CHOICE"
 printf '%s\n' "$DETECTRON2_SRC" > "$CHOICE"
 echo "[setup] installing denseclip (editable)"
 pip_install --no-deps --no-build-isolation -e .
+echo "[setup] installing the deploy extra (onnx, onnxscript, onnxruntime; pinned in setup.py)"; pip_install --no-build-isolation -e ".[deploy]"
 echo "$FINGERPRINT" > "$STAMP"
 echo "[setup] Detectron2 in use: $(describe_detectron2); $D2_CHOICE"
 echo "[setup] done: $("$VENV_PY" -c 'import torch, detectron2, open_clip; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| open_clip", open_clip.__version__)')"

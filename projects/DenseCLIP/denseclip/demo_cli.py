@@ -7,6 +7,7 @@ preset) and the pixel-text score maps of images.
     python demo.py --config-file configs/COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml \
         --input photos/ --output out/ --vocabulary "cat,remote control,sofa" --score-maps \
         --opts MODEL.WEIGHTS model_final.pth
+    python demo.py --onnx export/mask_rcnn/ --input photos/ --output out/   # an export (tools/deploy)
 """
 from __future__ import annotations
 
@@ -65,7 +66,10 @@ def get_parser() -> argparse.ArgumentParser:
         "a video or the webcam.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
+    parser.add_argument("--config-file", metavar="FILE", help="path to a config file (required unless --onnx)")
+    parser.add_argument("--onnx", metavar="DIR",
+                        help="run an export of tools/deploy/export_model.py (its folder; ONNX in ONNX Runtime, or "
+                        "torch.export / TorchScript) instead of the PyTorch model; its config and vocabulary are the exported ones")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, folders or glob patterns (quoted)")
     source.add_argument("--video-input", metavar="FILE", help="a video file")
@@ -100,16 +104,9 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     --cpu; frozen. The class names are resolved by the predictor (a --vocabulary may have to name
     them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError`` naming the
     overrides as given, as train_net.py does."""
-    opts = list(getattr(args, "opts", None) or [])
-    cfg = build_config(args.config_file, opts)
+    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []))
     register_datasets_from_config(cfg)
-    threshold = getattr(args, "confidence_threshold", None)
-    if threshold is not None:
-        given = set(opts[0::2])
-        for key in ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST",
-                    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH"):
-            if key not in given:
-                cfg.merge_from_list([key, threshold])
+    cfg.merge_from_list(_threshold_opts(args))
     if getattr(args, "cpu", False):
         cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.WEIGHTS and cfg.MODEL.CLIP.PRETRAINED:
@@ -118,6 +115,17 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.freeze()
     return cfg
+
+
+def _threshold_opts(args: argparse.Namespace) -> List:
+    """--confidence-threshold as KEY VALUE overrides of the keys --opts does not set."""
+    threshold = getattr(args, "confidence_threshold", None)
+    if threshold is None:
+        return []
+    given = set(list(getattr(args, "opts", None) or [])[0::2])
+    keys = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH")
+    return [item for key in keys if key not in given for item in (key, threshold)]
 
 
 # ------------------------------------------------------------------------------------ inputs and outputs
@@ -273,20 +281,32 @@ def run_demo(args: argparse.Namespace) -> DemoSummary:
         raise DemoError("--score-maps draws images (--input), not --video-input or --webcam")
     if args.output is None and not opencv_has_gui():
         raise DemoError(NO_GUI_MESSAGE)
-    cfg = setup_cfg(args)
+    if getattr(args, "onnx", None):
+        cfg = None  # the export's own config (ExportedPredictor)
+    elif not args.config_file:
+        raise DemoError("give --config-file (or --onnx with an export)")
+    else:
+        cfg = setup_cfg(args)
     if video:
         return _run_video(args, cfg, vocabulary)
     return _run_images(args, cfg, vocabulary)
 
 
-def _build_predictor(cfg: CfgNode, vocabulary: Optional[List[str]], summary: DemoSummary) -> DenseCLIPPredictor:
-    predictor = DenseCLIPPredictor(cfg, vocabulary=vocabulary)
+def _build_predictor(args: argparse.Namespace, cfg: Optional[CfgNode], vocabulary: Optional[List[str]],
+                     summary: DemoSummary) -> DenseCLIPPredictor:
+    if getattr(args, "onnx", None):
+        from .deploy import ExportedPredictor
+
+        opts = list(getattr(args, "opts", None) or []) + _threshold_opts(args)
+        predictor = ExportedPredictor(args.onnx, opts, vocabulary=vocabulary)
+    else:
+        predictor = DenseCLIPPredictor(cfg, vocabulary=vocabulary)
     summary.predictor = predictor
     logger.info("Vocabulary (%d classes): %s", len(predictor.class_names), predictor.class_names)
     return predictor
 
 
-def _run_images(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[List[str]]) -> DemoSummary:
+def _run_images(args: argparse.Namespace, cfg: Optional[CfgNode], vocabulary: Optional[List[str]]) -> DemoSummary:
     """Unreadable or missing inputs are reported (one log line each, naming the file and the
     reason) and skipped; the other images are still processed."""
     from detectron2.data.detection_utils import read_image
@@ -304,7 +324,7 @@ def _run_images(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[Lis
         return summary
     outputs = _image_output_files(args.output, paths) if args.output is not None else [(None, "", "")] * len(paths)
 
-    predictor = _build_predictor(cfg, vocabulary, summary)
+    predictor = _build_predictor(args, cfg, vocabulary, summary)
     with_maps = bool(getattr(args, "score_maps", False))
     max_maps = getattr(args, "max_score_maps", 10)
     max_maps = max_maps if max_maps and max_maps > 0 else None
@@ -353,7 +373,7 @@ def _run_images(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[Lis
     return summary
 
 
-def _run_video(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[List[str]]) -> DemoSummary:
+def _run_video(args: argparse.Namespace, cfg: Optional[CfgNode], vocabulary: Optional[List[str]]) -> DemoSummary:
     """Detections of each frame of --video-input or --webcam, drawn with Detectron2's
     VideoVisualizer, written to a video file or shown in a window (ESC quits)."""
     summary = DemoSummary()
@@ -380,7 +400,7 @@ def _run_video(args: argparse.Namespace, cfg: CfgNode, vocabulary: Optional[List
             writer = cv2.VideoWriter(output_file, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height), True)
             if not writer.isOpened():
                 raise DemoError(f"cannot write the video '{output_file}' (OpenCV VideoWriter, mp4v codec)")
-        predictor = _build_predictor(cfg, vocabulary, summary)
+        predictor = _build_predictor(args, cfg, vocabulary, summary)
         drawer = VideoDrawer(predictor.metadata)
         logger.info("Reading %s (%dx%d, %.1f fps)", "the webcam" if args.webcam else source, width, height, fps)
         try:

@@ -34,7 +34,9 @@ def resize_spatial_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int], mod
     grid = int(math.isqrt(grid_pos.shape[0]))
     if grid * grid != grid_pos.shape[0]:
         raise ValueError(f"positional embedding of {grid_pos.shape[0]} positions is not a square grid")
-    if (grid, grid) == tuple(size):
+    # The shortcut is skipped under torch.export: a branch on the feature size would make the
+    # exported graph guard on it, and interpolating to the same size is an exact copy anyway.
+    if not torch.compiler.is_exporting() and (grid, grid) == tuple(size):
         return pos_embed
     dim = grid_pos.shape[1]
     grid_pos = grid_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)

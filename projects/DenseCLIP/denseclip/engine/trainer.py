@@ -291,7 +291,8 @@ class Trainer(DefaultTrainer):
 # ---------------------------------------------------------------------------------- setup
 def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
     """Detectron2's parser (--config-file, --resume, --eval-only, --num-gpus, --num-machines,
-    --machine-rank, --dist-url, trailing KEY VALUE overrides) plus ``--dataset``."""
+    --machine-rank, --dist-url, trailing KEY VALUE overrides) plus ``--dataset``, ``--cpu-processes``
+    and ``--onnx``."""
     parser = d2_default_argument_parser(epilog)
     parser.add_argument(
         "--dataset",
@@ -305,6 +306,11 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         "--cpu-processes",
         action="store_true",
         help="without GPUs, run --num-gpus N as N CPU processes (gloo); also implied by MODEL.DEVICE cpu",
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="with --eval-only: evaluate an export of tools/deploy/export_model.py (its folder) instead of the PyTorch model",
     )
     return parser
 

@@ -1,0 +1,185 @@
+"""Export (ONNX, torch.export, traced TorchScript) of the detectors with the vocabulary baked in,
+and the runner: on real photos the exported model's detections equal the PyTorch model's."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json",
+    "MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog", "person"],
+    "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 256, "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,
+    "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 64,
+    # Small photos, resized to other sizes than the export's example input (dynamic sizes).
+    "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224,
+]
+RETINANET = "COCO/retinanet_denseclip_R50_FPN_1x.yaml"  # paper: stock head, grid_crop positions
+RETINANET_LANGUAGE = "COCO/retinanet_denseclip_language_R50_FPN_1x.yaml"
+MASK_RCNN = "COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml"  # paper: stock ROI heads
+MASK_RCNN_LANGUAGE = "COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml"
+
+
+def spread_scores(model: torch.nn.Module) -> torch.nn.Module:
+    """Random init gives every candidate nearly the same score (CLIP zero-initialises each residual
+    branch's last BN, Detectron2's heads start at std 0.01), so the order of detections would be
+    float noise. Unit-gain weights give scores spread like a trained model's."""
+    for name, module in model.named_modules():
+        if name.startswith(("backbone.", "fpn.", "head.", "proposal_generator.", "roi_heads.")) and isinstance(
+            module, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)
+        ):
+            torch.nn.init.kaiming_normal_(module.weight)
+            if name.endswith(("bbox_pred", "anchor_deltas")):
+                module.weight.data *= 0.05  # boxes near their anchors / proposals
+            elif name.endswith(("cls_score", "objectness_logits")):
+                module.weight.data *= 0.1  # scores not saturated at 1
+    for name, param in model.backbone.named_parameters():
+        if name.endswith("bn3.weight"):
+            torch.nn.init.ones_(param)
+    return model
+
+
+def photo_inputs(root: Path, cfg, count: int = 2):
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    inputs = []
+    for path in sorted((root / "val2017").glob("*.jpg"))[:count]:
+        image = read_image(str(path), format=cfg.INPUT.FORMAT)
+        resized = aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+    return inputs
+
+
+def assert_parity(model, runner, inputs):
+    from denseclip.deploy.parity import compare_predictions
+
+    sizes, detections = set(), 0
+    for x in inputs:
+        with torch.no_grad():
+            expected = model([x])[0]
+        report = compare_predictions(expected, runner([x])[0])
+        n = report["detections"][0]
+        assert report["detections"] == (n, n), report
+        detections += n
+        assert report["labels_equal"], report
+        assert report["max_box_diff"] <= 1e-3 and report["max_score_diff"] <= 1e-4, report
+        assert report["min_mask_iou"] >= 0.99, report
+        sizes.add(tuple(x["image"].shape[-2:]))
+    assert len(sizes) > 1  # one export, several input sizes
+    assert detections >= 10
+
+
+@pytest.mark.parametrize("config_file,fmt", [
+    (RETINANET, "onnx"),
+    (MASK_RCNN_LANGUAGE, "onnx"),
+    (RETINANET_LANGUAGE, "torch.export"),
+    (MASK_RCNN, "torch.export"),
+])
+def test_export_matches_pytorch_on_photos(config_file, fmt, make_cfg, tiny_coco_root, tmp_path):
+    from denseclip.deploy import ExportedModel, export_model
+
+    cfg = make_cfg(config_file, TINY + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.1, "MODEL.RETINANET.SCORE_THRESH_TEST", 0.02])
+    model = spread_scores(build_model(cfg)).eval()
+    manifest = export_model(model, cfg, str(tmp_path), fmt)
+
+    assert manifest["class_names"] == ["cat", "dog", "person"]
+    expected_graphs = {"model", "box_head", "mask_head"} if "mask_rcnn" in config_file else {"model"}
+    assert set(manifest["graphs"]) == expected_graphs
+    assert json.loads((tmp_path / "denseclip_export.json").read_text()) == manifest
+    runner = ExportedModel(str(tmp_path))
+    assert runner.class_names == ["cat", "dog", "person"]
+    assert_parity(model, runner, photo_inputs(tiny_coco_root, cfg))
+
+    if fmt == "onnx":
+        import onnx
+
+        graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+        assert json.loads({p.key: p.value for p in graph.metadata_props}["denseclip.class_names"]) == ["cat", "dog", "person"]
+        assert [o.name for o in graph.graph.output] == manifest["graphs"]["model"]["outputs"]
+        # Dynamic height and width; no text tower (its weights are not initializers).
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert dims[2].dim_param and dims[3].dim_param
+        assert not [i.name for i in graph.graph.initializer if "prompt_encoder" in i.name or "clip_text" in i.name]
+
+
+@pytest.mark.parametrize("mode", ["slide"])
+def test_segmentation_export_matches_pytorch_on_photos(mode, make_cfg, tiny_coco_root, tmp_path):
+    """DenseCLIP Semantic FPN (paper architecture, RN-tiny): the graph is the model's encode_decode,
+    the runner slides 64 px windows over each photo (TEST.SEM_SEG), as the model does."""
+    from tiny_semseg import BASE_CONFIG, CLASSES, tiny_opts
+
+    from denseclip.deploy import ExportedModel, export_model
+    from denseclip.deploy.parity import compare_predictions
+
+    cfg = make_cfg(BASE_CONFIG, tiny_opts(extra=["INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160, "TEST.SEM_SEG.MODE", mode]))
+    model = spread_scores(build_model(cfg)).eval()
+    manifest = export_model(model, cfg, str(tmp_path), "onnx")
+    assert manifest["class_names"] == CLASSES and manifest["graphs"]["model"]["outputs"] == ["sem_seg", "score_map"]
+    runner = ExportedModel(str(tmp_path))
+    for x in photo_inputs(tiny_coco_root, cfg):
+        with torch.no_grad():
+            expected = model([x])[0]
+        actual = runner([x])[0]
+        assert actual["sem_seg"].shape == (len(CLASSES), x["height"], x["width"])
+        assert compare_predictions(expected, actual)["argmax_agreement"] >= 0.999
+
+
+def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, monkeypatch):
+    """tools/deploy/export_model.py on a language-guided Mask R-CNN with --vocabulary: traced
+    TorchScript (with PyTorch's deprecation said), the vocabulary recorded, the sample-image check."""
+    from denseclip.deploy import ExportedPredictor, parity
+
+    reports = []
+    compare = parity.compare_predictions
+    monkeypatch.setattr(parity, "compare_predictions", lambda a, b: reports.append(compare(a, b)) or reports[-1])
+    sys.path.insert(0, str(REPO_ROOT / "tools" / "deploy"))
+    monkeypatch.chdir(REPO_ROOT)
+    import export_model as command
+
+    photo = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
+    out = tmp_path / "export"
+    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DENSECLIP.CLASS_NAMES", "['a', 'b']"] + [str(v) for v in TINY[:4] + TINY[6:]]
+    with pytest.warns(FutureWarning, match="TorchScript is deprecated"):
+        assert command.main(["--config-file", f"configs/{MASK_RCNN_LANGUAGE}", "--output", str(out), "--format", "torchscript",
+                             "--vocabulary", "cat,remote control", "--sample-image", str(photo), *opts]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["box_head.ts", "config.yaml", "denseclip_export.json", "mask_head.ts", "model.ts"]
+    # --sample-image: the traced graphs, on a photo of another size than the trace's, give the
+    # PyTorch model's detections (same kernels: equal up to the order of float sums).
+    (report,) = reports
+    assert report["detections"][0] > 0 and report["labels_equal"], report
+    assert report["max_box_diff"] <= 1e-3 and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99, report
+    predictor = ExportedPredictor(str(out))
+    assert predictor.class_names == ["cat", "remote control"]
+    image = read_image(str(photo), format="BGR")
+    instances = predictor(image)["instances"]
+    assert instances.image_size == image.shape[:2] and instances.pred_masks.shape[-2:] == image.shape[:2]
+    with pytest.raises(ValueError, match="exported vocabulary"):
+        ExportedPredictor(str(out), vocabulary="cat")
+
+    # demo.py --onnx: the export's config and vocabulary, score maps from the graph's output.
+    from denseclip.demo_cli import get_parser, run_demo
+
+    drawn = tmp_path / "drawn"
+    args = get_parser().parse_args(["--onnx", str(out), "--input", str(photo), "--output", str(drawn), "--score-maps",
+                                    "--confidence-threshold", "0.1"])
+    summary = run_demo(args)
+    assert summary.exit_code == 0 and summary.num_images == 1
+    assert sorted(p.name for p in drawn.iterdir()) == sorted(
+        f"{photo.stem}{suffix}.jpg" for suffix in ("", "_scoremap_cat", "_scoremap_remote_control"))
+    assert summary.predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.1
+
+
+def test_runner_errors_name_the_problem(tmp_path, monkeypatch):
+    from denseclip.deploy import ExportedModel, import_onnxruntime
+
+    with pytest.raises(FileNotFoundError, match="denseclip_export.json"):
+        ExportedModel(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"\.\[deploy\]"):
+        import_onnxruntime()

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Export a DenseCLIP model (Detectron2's tools/deploy/export_model.py, for this project).
+
+    python tools/deploy/export_model.py --config-file configs/COCO/retinanet_denseclip_R50_FPN_1x.yaml \
+        --output export/retinanet --format onnx MODEL.WEIGHTS model_final.pth
+    python tools/deploy/export_model.py --config-file configs/COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml \
+        --output export/mask_rcnn_lvis --format torch.export --vocabulary lvis MODEL.WEIGHTS model_final.pth
+
+Writes to --output one graph file per exported part (model.onnx, and for R-CNN box_head.onnx and
+mask_head.onnx; .pt2 for torch.export, .ts for traced TorchScript), config.yaml and
+denseclip_export.json (class names, graphs, their inputs and outputs). The vocabulary's text
+embeddings are constants of the graphs: the CLIP text tower is not exported. Run the export with
+``demo.py --onnx DIR``, ``train_net.py --eval-only --onnx DIR`` or ``denseclip.deploy.ExportedModel``.
+--format torchscript traces the graphs (TorchScript is deprecated by PyTorch).
+With --sample-image, the export is run on that image next to the PyTorch model and the largest
+differences are printed.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "projects" / "DenseCLIP"))
+
+FORMATS = ("onnx", "torch.export", "torchscript")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported files (created if needed)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="onnx (dynamo exporter; needs the deploy extra), torch.export (.pt2) or torchscript "
+                        "(traced; deprecated by PyTorch). Default: onnx")
+    parser.add_argument("--vocabulary", default=None,
+                        help='language-guided configs: comma-separated class names or a preset ("coco", "lvis", ...) '
+                        "baked into the export; default: the model's training vocabulary")
+    parser.add_argument("--sample-image", metavar="FILE", help="compare the export with the PyTorch model on this image")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger()
+    logger = setup_logger(name="denseclip", abbrev_name="denseclip")
+
+    from denseclip.demo_cli import setup_cfg
+    from denseclip.deploy import ExportedPredictor, export_model
+    from denseclip.deploy.parity import compare_predictions
+    from denseclip.engine import ConfigError
+    from denseclip.predictor import DenseCLIPPredictor
+
+    try:
+        cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, cpu=True))
+        predictor = DenseCLIPPredictor(cfg, vocabulary=args.vocabulary)
+        manifest = export_model(predictor.model, predictor.cfg, args.output, args.format)
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"export_model.py: error: {e}")
+    files = ", ".join(g["file"] for g in manifest["graphs"].values())
+    logger.info("Exported %s (%d classes) to %s: %s", manifest["meta_architecture"], len(manifest["class_names"]), args.output, files)
+    if args.sample_image:
+        from detectron2.data.detection_utils import read_image
+
+        image = read_image(args.sample_image, format="BGR")
+        exported = ExportedPredictor(args.output)
+        report = compare_predictions(predictor(image), exported(image))
+        logger.info("PyTorch vs export on %s: %s", args.sample_image, report)
+    logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
