@@ -69,15 +69,21 @@ def load_config(path: Path, device: str, opts: Sequence[str], keep_score_thresh:
 
 
 def describe_config(cfg) -> Dict[str, Any]:
-    """Detector family, CLIP model and variant (denseclip / clip / detectron2) of a config."""
+    """Detector family, image encoder and variant (denseclip / clip / in1k / detectron2) of a config."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch in SEMANTIC_META_ARCHS:
         detector = "semantic_fpn"
     else:
         detector = "retinanet" if "RetinaNet" in arch else ("mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn")
     backbone = cfg.MODEL.BACKBONE.NAME
+    # DenseCLIP on an ImageNet backbone (README, "Any backbone") and its plain baseline ("in1k").
+    in1k_encoder = cfg.MODEL.TIMM.MODEL_NAME if cfg.MODEL.ANY_BACKBONE.BOTTOM_UP == "build_timm_backbone" else (
+        f"R{cfg.MODEL.RESNETS.DEPTH}-IN1k")
     if arch in DENSECLIP_META_ARCHS or backbone.startswith("build_denseclip"):
-        variant, encoder = "denseclip", cfg.MODEL.CLIP.MODEL_NAME
+        variant = "denseclip"
+        encoder = cfg.MODEL.CLIP.MODEL_NAME if cfg.MODEL.DENSECLIP.IMAGE_ENCODER == "build_clip_backbone" else in1k_encoder
+    elif backbone.startswith("build_bottom_up"):
+        variant, encoder = "in1k", in1k_encoder
     elif backbone.startswith("build_clip"):
         variant, encoder = "clip", cfg.MODEL.CLIP.MODEL_NAME
     elif backbone.startswith("build_resnet") or backbone.startswith("build_retinanet_resnet"):

@@ -37,8 +37,8 @@ def find_pairs(results: List[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Dict
     for r in results:
         if r["variant"] == "denseclip":
             baseline = by_name.get(r["name"].replace("denseclip", "clip"))
-            if baseline is None:  # same detector and encoder among the CLIP configs
-                baseline = next((b for b in results if b["variant"] == "clip" and b["detector"] == r["detector"]
+            if baseline is None:  # same detector and encoder among the CLIP / plain ImageNet-backbone configs
+                baseline = next((b for b in results if b["variant"] in ("clip", "in1k") and b["detector"] == r["detector"]
                                  and b["encoder"] == r["encoder"]), None)
             if baseline is not None:
                 pairs.append((r, baseline, "denseclip_vs_clip_baseline"))

@@ -58,6 +58,44 @@ def add_denseclip_config(cfg: CN) -> None:
     # reference's CLIPVisionTransformer does (its bug #20, kept for the released checkpoints).
     _C.MODEL.CLIP.VIT_CLASS_EMBED_TWICE = False
 
+    # ---------------------------------------------------------------- any backbone (issue 20)
+    # DenseCLIP on an image encoder that is not CLIP's (paper section 4.3): a Detectron2 backbone
+    # ("bottom-up": res2..res5) plus a new, randomly initialised CLIP-style attention pool on its last
+    # stage that maps it into the text tower's embedding space (MODEL.DENSECLIP.IMAGE_ENCODER
+    # "build_language_guided_backbone"); the plain baselines put the same bottom-up under an FPN
+    # (MODEL.BACKBONE.NAME "build_bottom_up_fpn_backbone", "build_bottom_up_retinanet_fpn_backbone",
+    # "build_bottom_up_semantic_fpn_backbone").
+    _C.MODEL.ANY_BACKBONE = CN()
+    # A registered Detectron2 backbone emitting res2..res5: "build_resnet_backbone" (Detectron2's
+    # ResNets, MODEL.RESNETS) or "build_timm_backbone" (timm models, MODEL.TIMM).
+    _C.MODEL.ANY_BACKBONE.BOTTOM_UP = "build_resnet_backbone"
+    # ImageNet weights of the bottom-up only, loaded when the model is built: a torchvision ResNet
+    # state dict (.pth), a Detectron2/Caffe2 .pkl (e.g. detectron2://ImageNetPretrained/MSRA/R-50.pkl or
+    # the output of Detectron2's tools/convert-torchvision-to-d2.py), or a timm checkpoint
+    # (.pth/.bin/.safetensors). "" = random initialisation.
+    _C.MODEL.ANY_BACKBONE.WEIGHTS = ""
+    # The bottom-up's BatchNorm layers: "BN", "SyncBN" (synchronised when there are several processes,
+    # as MODEL.CLIP.NORM) or "FrozenBN". Swin has LayerNorms only.
+    _C.MODEL.ANY_BACKBONE.NORM = "SyncBN"
+    # The attention pool: heads (0 = CLIP's convention, channels / 64), output width (0 = the text
+    # tower's embedding dimension), and its positional grid (POS_EMBED_GRID x POS_EMBED_GRID + 1 class
+    # position; 7 = CLIP's at 224 px) fitted to each input ("interpolate") or cropped ("grid_crop", as
+    # MODEL.CLIP.POS_EMBED_MODE).
+    _C.MODEL.ANY_BACKBONE.POOL_HEADS = 0
+    _C.MODEL.ANY_BACKBONE.POOL_DIM = 0
+    _C.MODEL.ANY_BACKBONE.POS_EMBED_GRID = 7
+    _C.MODEL.ANY_BACKBONE.POS_EMBED_MODE = "interpolate"
+
+    # timm image encoders as Detectron2 bottom-ups ("build_timm_backbone").
+    _C.MODEL.TIMM = CN()
+    _C.MODEL.TIMM.MODEL_NAME = "swin_tiny_patch4_window7_224"
+    _C.MODEL.TIMM.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    _C.MODEL.TIMM.DROP_PATH_RATE = 0.2
+    # Swin: accept any input size (multiple of 32), the attention masks built per input.
+    _C.MODEL.TIMM.DYNAMIC_IMG_SIZE = True
+    # A LayerNorm on every output stage, as Swin's detection and segmentation backbones have.
+    _C.MODEL.TIMM.OUT_NORM = True
+
     # RetinaNet's P7: Detectron2 computes it from relu(P6); the reference (mmdetection's FPN with
     # relu_before_extra_convs=False) from P6.
     _C.MODEL.FPN.P7_RELU = True
@@ -81,6 +119,18 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.NAME_CONTEXT_LENGTH = 5
     # Total text length fed to the text transformer ([SOT, ctx, name, EOT]); <= 77.
     _C.MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH = 13
+
+    # The CLIP model whose text tower encodes the prompts, independent of the image encoder: "" = the
+    # model of MODEL.CLIP (for CLIP image encoders the same model; the IN1k configs set MODEL.CLIP to
+    # ViT-B-16 for its text tower, as the reference does for non-CLIP backbones). TEXT_ENCODER_PRETRAINED:
+    # its weights, as MODEL.CLIP.PRETRAINED ("" random, an open_clip tag such as "openai", or a local
+    # file); read only when TEXT_ENCODER_MODEL is set.
+    # The image encoder: a registered Detectron2 backbone emitting CLIP's embeddings (clip_dense,
+    # clip_global) besides res2..res5: "build_clip_backbone" (CLIP's own, MODEL.CLIP) or
+    # "build_language_guided_backbone" (any backbone with a new attention pool, MODEL.ANY_BACKBONE).
+    _C.MODEL.DENSECLIP.IMAGE_ENCODER = "build_clip_backbone"
+    _C.MODEL.DENSECLIP.TEXT_ENCODER_MODEL = ""
+    _C.MODEL.DENSECLIP.TEXT_ENCODER_PRETRAINED = ""
 
     _C.MODEL.DENSECLIP.CONTEXT_DECODER = CN()
     _C.MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED = True

@@ -15,3 +15,14 @@ from .clip_resnet import (
     resize_spatial_pos_embed,
 )
 from .clip_vit import CLIPViT
+from .imagenet_weights import load_bottom_up_weights, torchvision_resnet_to_detectron2
+from .language_guided import (
+    LanguageGuidedBackbone,
+    build_bottom_up,
+    build_bottom_up_fpn_backbone,
+    build_bottom_up_retinanet_fpn_backbone,
+    build_bottom_up_semantic_fpn_backbone,
+    build_language_guided_backbone,
+    clip_attention_pool,
+)
+from .timm_backbone import TimmBackbone, build_timm_backbone

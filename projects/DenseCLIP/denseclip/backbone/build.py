@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from fvcore.nn import weight_init
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from ..clip_loading import create_clip_model
+from ..clip_loading import create_clip_model, register_model_config
 from .clip_resnet import CLIPResNet
 from .clip_vit import CLIPViT
 from .norm import convert_norm
@@ -30,6 +31,38 @@ def create_clip_from_config(cfg: CfgNode) -> nn.Module:
         model_config_file=c.MODEL_CONFIG_FILE,
         pretrained_sha256=c.PRETRAINED_SHA256,
     )
+
+
+def text_clip_spec(cfg: CfgNode) -> Tuple[str, str]:
+    """(open_clip model name, weights) of the CLIP model whose text tower DenseCLIP uses:
+    MODEL.DENSECLIP.TEXT_ENCODER_MODEL/_PRETRAINED when set, else MODEL.CLIP's."""
+    d = cfg.MODEL.DENSECLIP
+    if d.TEXT_ENCODER_MODEL:
+        return d.TEXT_ENCODER_MODEL, d.TEXT_ENCODER_PRETRAINED
+    return cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.CLIP.PRETRAINED
+
+
+def text_embed_dim(cfg: CfgNode) -> int:
+    """The text tower's joint embedding dimension, read from its open_clip architecture (nothing built)."""
+    if cfg.MODEL.CLIP.MODEL_CONFIG_FILE:
+        register_model_config(cfg.MODEL.CLIP.MODEL_CONFIG_FILE)
+    name, _ = text_clip_spec(cfg)
+    config = open_clip.get_model_config(name)
+    if config is None:
+        key = "MODEL.DENSECLIP.TEXT_ENCODER_MODEL" if cfg.MODEL.DENSECLIP.TEXT_ENCODER_MODEL else "MODEL.CLIP.MODEL_NAME"
+        raise ValueError(f"{key} '{name}' is not an open_clip architecture; expected one of e.g. RN50, RN101, ViT-B-16")
+    return int(config["embed_dim"])
+
+
+def create_text_clip_from_config(cfg: CfgNode) -> nn.Module:
+    """The open_clip model whose text tower DenseCLIP uses, when it is not the image encoder's
+    (MODEL.DENSECLIP.TEXT_ENCODER_MODEL set, or a non-CLIP image encoder), weights loaded."""
+    if not cfg.MODEL.DENSECLIP.TEXT_ENCODER_MODEL:
+        return create_clip_from_config(cfg)
+    if cfg.MODEL.CLIP.MODEL_CONFIG_FILE:  # a custom architecture may be named here as well
+        register_model_config(cfg.MODEL.CLIP.MODEL_CONFIG_FILE)
+    name, pretrained = text_clip_spec(cfg)
+    return create_clip_model(name, pretrained=pretrained, quick_gelu=cfg.MODEL.CLIP.QUICK_GELU)
 
 
 def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool) -> Backbone:

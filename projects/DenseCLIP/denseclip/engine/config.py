@@ -126,7 +126,9 @@ def _resolve_lr_steps(cfg: CfgNode, layers: Dict[str, int]) -> None:
 def _check_unsupported_keys(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Detectron2 keys that the CLIP models would silently ignore."""
     default_freeze_at = get_cfg().MODEL.BACKBONE.FREEZE_AT
-    if "clip" in cfg.MODEL.BACKBONE.NAME.lower() and (
+    # DenseCLIP on another image encoder (MODEL.DENSECLIP.IMAGE_ENCODER) may read it (Detectron2's ResNets).
+    clip_image_encoder = cfg.MODEL.DENSECLIP.IMAGE_ENCODER == "build_clip_backbone"
+    if "clip" in cfg.MODEL.BACKBONE.NAME.lower() and clip_image_encoder and (
         cfg.MODEL.BACKBONE.FREEZE_AT != default_freeze_at or "MODEL.BACKBONE.FREEZE_AT" in list(opts)[0::2]
     ):
         raise ConfigError(

@@ -14,8 +14,8 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 
-from ..backbone.build import create_clip_from_config, wrap_clip_visual
 from ..text import ContextDecoder, PromptTextEncoder
+from .encoders import build_denseclip_encoders
 from .fused_fpn import build_fused_fpn
 from .text_side import DenseCLIPTextSide
 from .vocabulary import vocabulary_from_config
@@ -37,15 +37,14 @@ def build_denseclip_parts(
     retinanet: bool,
     fpn_builder: Optional[Callable[[CfgNode, Dict[str, ShapeSpec]], FPN]] = None,
 ) -> DenseCLIPParts:
-    """Image encoder (with CLIP's attention pool: DenseCLIP reads its dense and global embeddings),
-    text side for ``vocabulary`` and fused FPN, from one open_clip model (both towers' weights).
+    """Image encoder (emitting CLIP embeddings: DenseCLIP reads its dense and global embeddings) and
+    text tower (:func:`build_denseclip_encoders`), text side for ``vocabulary`` and fused FPN.
     ``fpn_builder`` builds the FPN on the fused features' shapes (default: the detectors' FPN,
     :func:`build_fused_fpn`)."""
     d = cfg.MODEL.DENSECLIP
-    clip_model = create_clip_from_config(cfg)
-    backbone = wrap_clip_visual(cfg, clip_model.visual, with_attention_pool=True)
+    backbone, clip_model = build_denseclip_encoders(cfg)
     prompt_encoder = PromptTextEncoder(
-        clip_model,
+        clip_model,  # only its text tower is used
         prompt=d.PROMPT,
         n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
         template=d.TEMPLATE,
