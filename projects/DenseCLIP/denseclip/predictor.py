@@ -177,11 +177,17 @@ class DenseCLIPPredictor(DefaultPredictor):
         self.model = build_model(self.cfg)
         self.model.eval()
         self._load_weights(self.cfg.MODEL.WEIGHTS)
+        self._setup_inputs_and_metadata()
+        if vocabulary and list(vocabulary) != self.class_names:
+            self.set_vocabulary(vocabulary)
+
+    def _setup_inputs_and_metadata(self) -> None:
+        """DefaultPredictor's test-time resize and input format, and the drawing metadata of the
+        current vocabulary (on top of DATASETS.TEST[0]'s, e.g. its colours)."""
         self.aug = T.ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got '{self.input_format}'")
-
         base = None
         if len(self.cfg.DATASETS.TEST) and self.cfg.DATASETS.TEST[0] in MetadataCatalog.list():
             base = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
@@ -189,8 +195,6 @@ class DenseCLIPPredictor(DefaultPredictor):
         # Detectors predict "things", semantic segmentation models "stuff" (Detectron2's metadata fields).
         self._class_kind = VOCABULARY_META_ARCHITECTURES.get(self.cfg.MODEL.META_ARCHITECTURE, "thing")
         self.metadata = _metadata_for(self.class_names, base, self._class_kind)
-        if vocabulary and list(vocabulary) != self.class_names:
-            self.set_vocabulary(vocabulary)
 
     def _load_weights(self, weights: str) -> None:
         if not weights:

@@ -19,16 +19,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import add_denseclip_config
 from ..modeling.pixel_text import score_map_probabilities
-from ..modeling.vocabulary import VOCABULARY_META_ARCHITECTURES
-from ..predictor import DenseCLIPPredictor, _metadata_for, parse_vocabulary
+from ..predictor import DenseCLIPPredictor, parse_vocabulary
 from .exporter import MANIFEST
 from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
 from .runtime import load_graph
@@ -163,14 +160,7 @@ class ExportedPredictor(DenseCLIPPredictor):
                 f"{', '.join(self.class_names[:5])}{', ...' if len(self.class_names) > 5 else ''}); another vocabulary "
                 "needs another export (tools/deploy/export_model.py --vocabulary)"
             )
-        self.aug = T.ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = self.cfg.INPUT.FORMAT
-        base = None
-        if len(self.cfg.DATASETS.TEST) and self.cfg.DATASETS.TEST[0] in MetadataCatalog.list():
-            base = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
-        self._dataset_metadata = base
-        self._class_kind = VOCABULARY_META_ARCHITECTURES.get(self.cfg.MODEL.META_ARCHITECTURE, "thing")
-        self.metadata = _metadata_for(self.class_names, base, self._class_kind)
+        self._setup_inputs_and_metadata()
 
     def set_vocabulary(self, names) -> None:
         if parse_vocabulary(names) != self.class_names:
