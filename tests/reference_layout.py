@@ -253,9 +253,14 @@ def reference_spec(arch: str, depth: int, num_classes: int = 80) -> Spec:
 
 
 def reference_state_dict(arch: str, depth: int, num_classes: int = 80, seed: int = 0) -> Dict[str, torch.Tensor]:
+    return random_state_dict(reference_spec(arch, depth, num_classes), seed)
+
+
+def random_state_dict(spec: Spec, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Seeded random tensors for a key layout: integer counters, positive BN variances, small weights."""
     g = torch.Generator().manual_seed(seed)
     out: Dict[str, torch.Tensor] = OrderedDict()
-    for name, shape, dtype in reference_spec(arch, depth, num_classes):
+    for name, shape, dtype in spec:
         if dtype == I64:
             out[name] = torch.randint(0, 100000, shape, generator=g, dtype=I64)
         elif name.endswith("running_var"):

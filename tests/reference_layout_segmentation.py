@@ -22,11 +22,10 @@ Where each name comes from (reference = segmentation/denseclip/*.py at commit 5e
   (``conv`` without bias + ``bn``; abbreviation "bn") and Upsample modules in between, conv_seg last
   registered before them (BaseDecodeHead.__init__).
 """
-from collections import OrderedDict
 from typing import Dict
 
 import torch
-from reference_layout import EMBED_DIM, F32, I64, Spec, attnpool, bn, clip_resnet_trunk, context_decoder, conv, fpn, ln
+from reference_layout import EMBED_DIM, F32, Spec, attnpool, bn, clip_resnet_trunk, context_decoder, conv, fpn, ln, random_state_dict
 from reference_layout import text_encoder as reference_text_encoder
 
 SEG_ARCHS = ("denseclip_r50", "denseclip_r101", "denseclip_vit", "clip_r50", "clip_r101", "clip_vit")
@@ -98,13 +97,4 @@ def segmentation_spec(arch: str, num_classes: int = 150) -> Spec:
 
 
 def segmentation_state_dict(arch: str, num_classes: int = 150, seed: int = 0) -> Dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out: Dict[str, torch.Tensor] = OrderedDict()
-    for name, shape, dtype in segmentation_spec(arch, num_classes):
-        if dtype == I64:
-            out[name] = torch.randint(0, 100000, shape, generator=g, dtype=I64)
-        elif name.endswith("running_var"):
-            out[name] = torch.rand(shape, generator=g) + 0.5
-        else:
-            out[name] = torch.randn(shape, generator=g) * 0.02
-    return out
+    return random_state_dict(segmentation_spec(arch, num_classes), seed)

@@ -40,6 +40,16 @@ def uses_language_heads(cfg: CfgNode) -> bool:
     return head == "language"
 
 
+def text_classifier_arguments(cfg: CfgNode) -> Dict:
+    """The config arguments of a classifier whose weights are the text embeddings (Fast R-CNN box
+    predictor, Semantic FPN pixel classifier): text width, initial logit scale, and whether it learns."""
+    return {
+        "text_dim": clip_embed_dim(cfg),
+        "logit_scale": cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
+        "learn_logit_scale": cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
+    }
+
+
 class LogitScale(nn.Module):
     """exp(s) with s = log(init); learnable or fixed, capped at 100 as in CLIP."""
 
@@ -130,11 +140,7 @@ class TextEmbeddingFastRCNNOutputLayers(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec) -> Dict:
         ret = super().from_config(cfg, input_shape)
-        ret.update(
-            text_dim=clip_embed_dim(cfg),
-            logit_scale=cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
-            learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
-        )
+        ret.update(text_classifier_arguments(cfg))
         return ret
 
     def forward(self, x: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None,

@@ -20,7 +20,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
-from .heads import LogitScale, clip_embed_dim
+from .heads import LogitScale, text_classifier_arguments
 
 __all__ = ["LOSS_AVERAGES", "LanguageGuidedSemanticFPNHead", "SemanticFPNHead", "semantic_cross_entropy"]
 
@@ -111,11 +111,7 @@ class LanguageGuidedSemanticFPNHead(SemanticFPNHead):
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> Dict:
         ret = super().from_config(cfg, input_shape)
-        ret.update(
-            text_dim=clip_embed_dim(cfg),
-            logit_scale=cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
-            learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
-        )
+        ret.update(text_classifier_arguments(cfg))
         return ret
 
     @property
