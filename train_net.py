@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from denseclip.engine import ConfigError, LaunchError, Trainer, cpu_processes_requested, default_argument_parser, launch, setup
+from denseclip.modeling.vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
 
 
 def main(args: argparse.Namespace) -> Any:
@@ -35,10 +36,11 @@ def exported_model(path: str, cfg) -> Any:
     from denseclip.deploy import ExportedModel
 
     model = ExportedModel(path)
-    if model.class_names != list(cfg.MODEL.DENSECLIP.CLASS_NAMES):
+    names = vocabulary_from_config(cfg, VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE, "thing"))
+    if model.class_names != names:
         raise ConfigError(
             f"--onnx {path}: the export detects {len(model.class_names)} classes ({', '.join(model.class_names[:5])}, ...), "
-            f"the config's datasets {len(cfg.MODEL.DENSECLIP.CLASS_NAMES)} ({', '.join(cfg.MODEL.DENSECLIP.CLASS_NAMES[:5])}, ...)"
+            f"the config's datasets {len(names)} ({', '.join(names[:5])}, ...)"
         )
     return model
 

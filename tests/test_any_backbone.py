@@ -21,7 +21,7 @@ from denseclip import add_denseclip_config
 from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, build_language_guided_backbone, clip_attention_pool
 from denseclip.backbone.build import text_embed_dim
 from denseclip.clip_loading import register_model_config
-from denseclip.engine import build_config, build_optimizer
+from denseclip.engine import build_config, build_optimizer, model_parameter_groups
 
 # Small stand-ins with the configs' architectures: a thin ResNet (the depth of the config, 1/8 of
 # the width), RN-tiny's text tower (256-d) instead of ViT-B-16's.
@@ -106,7 +106,7 @@ def test_denseclip_config_differs_from_its_baseline_only_by_denseclip(config_fil
         if isinstance(a, dict) and "NUM_CLASSES" in a:  # DenseCLIP: 0 = the vocabulary's size
             a.pop("NUM_CLASSES"), b.pop("NUM_CLASSES")
         assert a == b, key
-    assert denseclip.MODEL.DENSECLIP.IMAGE_ENCODER == "build_language_guided_backbone"
+    assert denseclip.MODEL.BACKBONE.NAME == "build_language_guided_backbone"  # the image encoder
     for path in (config_file, config_file.replace("denseclip_", "")):  # train_net's route accepts both
         build_config(str(CONFIG_DIR / path), ["MODEL.DEVICE", "cpu"])
 
@@ -149,7 +149,7 @@ def test_gradients_reach_pool_context_and_decoder_not_the_text_tower():
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     tower = [n for n in grads if n.startswith("text_side.prompt_encoder.clip_text.")]
     assert tower and all(grads[n] is None and not model.get_parameter(n).requires_grad for n in tower)
-    groups = model.parameter_groups()
+    groups = model_parameter_groups(model)
     assert any(n == "backbone.attnpool.c_proj.weight" for n, _ in groups["image_encoder"])
 
 

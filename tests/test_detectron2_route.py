@@ -72,8 +72,9 @@ def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is
     model = build_model(plain_cfg(LANGUAGE_RETINANET, [*TINY, "MODEL.DENSECLIP.CLASS_NAMES", names,
                                                        "MODEL.RETINANET.NUM_CLASSES", 3]))
     assert head_num_classes(model) == 3
-    with pytest.raises(ValueError, match=r"MODEL.BACKBONE.NAME must build one \(build_denseclip_backbone"):
-        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_backbone"]))
+    # MODEL.BACKBONE.NAME names the image encoder: one emitting CLIP's embeddings.
+    with pytest.raises(ValueError, match=r"image encoder must emit CLIP embeddings \(clip_dense\): MODEL.BACKBONE.NAME"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_fpn_backbone"]))
 
 
 def test_no_class_names_and_no_dataset_is_one_error_naming_both_ways():

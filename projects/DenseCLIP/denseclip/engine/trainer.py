@@ -25,12 +25,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import AtomicDetectionCheckpointer
 from ..config import add_denseclip_config
+from ..config_building import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
-from ..modeling.vocabulary import record_vocabulary
-from .checkpoint import AtomicDetectionCheckpointer
-from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+from ..modeling.vocabulary import check_run_vocabulary
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 
 __all__ = [
@@ -378,8 +378,8 @@ def _make_deterministic(cfg: CfgNode) -> None:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Frozen config for ``args``: :func:`build_config` (config file, KEY VALUE overrides), the
     datasets of ``--dataset``, DATASETS.REGISTER and DATASETS.SYNTHETIC registered, every name of
-    DATASETS.TRAIN/TEST checked, the vocabulary recorded in MODEL.DENSECLIP.CLASS_NAMES (so that the
-    run's config.yaml names the classes) and checked against the datasets; then logging, output dir
+    DATASETS.TRAIN/TEST checked, the vocabulary checked (it can be determined and fits the datasets;
+    it is not written into the config: checkpoints record it); then logging, output dir
     and seeding by ``default_setup``, plus the "denseclip" logger."""
     # Messages of these steps (dataset registration, device fallback, vocabulary, lr steps) come
     # before logging is set up: held back, then written to the console and log.txt.
@@ -388,7 +388,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
         check_dataset_names(cfg)
         try:
-            record_vocabulary(cfg)
+            check_run_vocabulary(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()
