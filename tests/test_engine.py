@@ -40,6 +40,7 @@ from denseclip.engine import (
     launch,
     merge_config_file,
     merge_overrides,
+    model_parameter_groups,
     resolve_step_fractions,
     setup,
 )

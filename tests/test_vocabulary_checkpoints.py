@@ -9,9 +9,9 @@ from conftest import load_config
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
+from denseclip.checkpoint import read_checkpoint
 from denseclip.data import register_datasets_from_config
 from denseclip.engine import AtomicDetectionCheckpointer, build_config
-from denseclip.checkpoint import read_checkpoint
 from denseclip.modeling import check_run_vocabulary, vocabulary_from_config
 
 TINY = ["MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json", "MODEL.FPN.OUT_CHANNELS", 32,
@@ -116,8 +116,8 @@ def test_predictor_reads_the_weights_once_and_writes_no_vocabulary_into_its_conf
     from denseclip.predictor import DenseCLIPPredictor
 
     path = save(tiny_model(LANGUAGE, ["cat", "dog"]), tmp_path / "model_final.pth")
-    cfg = build_config(f"configs/{LANGUAGE}", TINY + ["MODEL.CLIP.PRETRAINED", "", "DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.WEIGHTS", path,
-                                                     "MODEL.DEVICE", "cpu"])
+    opts = ["MODEL.CLIP.PRETRAINED", "", "DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu"]
+    cfg = build_config(f"configs/{LANGUAGE}", TINY + opts)
     reads = []
     load = torch.load
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(f) or load(f, *a, **k))
