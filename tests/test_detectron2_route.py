@@ -75,6 +75,9 @@ def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is
     # MODEL.BACKBONE.NAME names the image encoder: one emitting CLIP's embeddings.
     with pytest.raises(ValueError, match=r"image encoder must emit CLIP embeddings \(clip_dense\): MODEL.BACKBONE.NAME"):
         build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_fpn_backbone"]))
+    # The first versions' DenseCLIP backbones (built, then taken apart) are named as gone.
+    with pytest.raises(ValueError, match=r"'build_denseclip_backbone' is not a registered .* build_denseclip_\*_backbone are gone"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_denseclip_backbone"]))
 
 
 def test_no_class_names_and_no_dataset_is_one_error_naming_both_ways():

@@ -31,8 +31,10 @@ def build_denseclip_encoders(cfg: CfgNode, strict_input_size: bool = True) -> Tu
         text_model = create_text_clip_from_config(cfg) if cfg.MODEL.DENSECLIP.TEXT_ENCODER_MODEL else clip_model
     else:
         if name not in BACKBONE_REGISTRY:
+            removed = " (the DenseCLIP backbones build_denseclip_*_backbone are gone: the meta-architecture builds " \
+                "the text side and the FPN itself)" if name.startswith("build_denseclip") else ""
             raise ValueError(f"MODEL.BACKBONE.NAME '{name}' is not a registered Detectron2 backbone; a DenseCLIP "
-                             f"config names its image encoder there, one of {DENSECLIP_IMAGE_ENCODERS}")
+                             f"config names its image encoder there, one of {DENSECLIP_IMAGE_ENCODERS}{removed}")
         backbone = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         if CLIP_DENSE not in backbone.output_shape():
             raise ValueError(
