@@ -75,6 +75,8 @@ def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is
     # MODEL.BACKBONE.NAME names the image encoder: one emitting CLIP's embeddings.
     with pytest.raises(ValueError, match=r"image encoder must emit CLIP embeddings \(clip_dense\): MODEL.BACKBONE.NAME"):
         build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_fpn_backbone"]))
+    with pytest.raises(ValueError, match=r"MODEL.ROI_HEADS.NAME 'StandardROIHeads' does not declare its per-class tensors"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.ROI_HEADS.NAME", "StandardROIHeads"]))
     # The first versions' DenseCLIP backbones (built, then taken apart) are named as gone.
     with pytest.raises(ValueError, match=r"'build_denseclip_backbone' is not a registered .* build_denseclip_\*_backbone are gone"):
         build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_denseclip_backbone"]))

@@ -35,6 +35,7 @@ from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin
 from .fused_fpn import build_detection_fpn, build_retinanet_fpn
 from .heads import DenseCLIPRetinaNetHead, LanguageGuidedRetinaNetHead, uses_language_heads
 from .vocabulary import heads_config
+from .vocabulary_swap import check_vocabulary_head
 
 
 @META_ARCH_REGISTRY.register()
@@ -52,7 +53,7 @@ class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
         return {
             **parts._asdict(),
             "proposal_generator": build_proposal_generator(heads_cfg, shapes),
-            "roi_heads": build_roi_heads(heads_cfg, shapes),  # DenseCLIPROIHeads
+            "roi_heads": check_vocabulary_head(build_roi_heads(heads_cfg, shapes), "MODEL.ROI_HEADS.NAME", "DenseCLIPROIHeads"),
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,

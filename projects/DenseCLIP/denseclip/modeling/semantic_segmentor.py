@@ -33,6 +33,7 @@ from .fused_fpn import build_semantic_fpn
 from .semantic_fpn_head import semantic_cross_entropy
 from .slide_inference import multi_scale_flip_probabilities, slide_inference
 from .vocabulary import heads_config
+from .vocabulary_swap import check_vocabulary_head
 
 __all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor"]
 
@@ -136,7 +137,8 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
         heads_cfg = heads_config(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(vocabulary))
         return {
             **parts._asdict(),
-            "sem_seg_head": build_sem_seg_head(heads_cfg, parts.fpn.output_shape()),
+            "sem_seg_head": check_vocabulary_head(build_sem_seg_head(heads_cfg, parts.fpn.output_shape()), "MODEL.SEM_SEG_HEAD.NAME",
+                                                  "SemanticFPNHead or LanguageGuidedSemanticFPNHead"),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             **_test_options(cfg),

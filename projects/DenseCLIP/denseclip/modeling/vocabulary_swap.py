@@ -79,6 +79,17 @@ def reindex_vocabulary_slice(
     return torch.cat([head, middle_new, tail], dim=dim)
 
 
+def check_vocabulary_head(head: nn.Module, name_key: str, expected: str) -> nn.Module:
+    """``head``, if it declares its per-class tensors (``vocabulary_parameters``, ``language_guided``);
+    else an error naming the config key that chose it (``name_key``) and the ``expected`` heads."""
+    if not (hasattr(head, "vocabulary_parameters") and hasattr(head, "language_guided")):
+        raise ValueError(
+            f"{name_key} '{type(head).__name__}' does not declare its per-class tensors (vocabulary_parameters, "
+            f"language_guided), which a DenseCLIP meta-architecture needs: expected {expected} (or a subclass)"
+        )
+    return head
+
+
 class DenseCLIPVocabulary:
     """What a DenseCLIP meta-architecture does with its vocabulary (a mixin of it, next to
     :class:`~.denseclip_mixin.DenseCLIPMetaArchMixin`, which owns the parts used here)."""
