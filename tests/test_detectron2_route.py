@@ -82,6 +82,20 @@ def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is
         build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_denseclip_backbone"]))
 
 
+def test_the_vocabulary_is_an_argument_of_the_build_and_never_written_into_the_config():
+    from denseclip.modeling import build_denseclip_model
+
+    cfg = plain_cfg(PAPER, [*TINY, "DATASETS.TRAIN", ()])  # no class names anywhere in the config
+    model = build_denseclip_model(cfg, vocabulary=["cat", "dog"])
+    assert model.class_names == ["cat", "dog"] and head_num_classes(model) == 2
+    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == [] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 0
+    # The argument wins over the config's names; a meta-architecture without a vocabulary takes none.
+    named = plain_cfg(LANGUAGE_RETINANET, [*TINY, "MODEL.DENSECLIP.CLASS_NAMES", ["a", "b", "c"]])
+    assert build_denseclip_model(named, ["sofa"]).class_names == ["sofa"]
+    with pytest.raises(ValueError, match=r"'GeneralizedRCNN' takes no vocabulary"):
+        build_denseclip_model(plain_cfg("COCO/mask_rcnn_R50_FPN_1x_detectron2.yaml"), ["cat"])
+
+
 def test_no_class_names_and_no_dataset_is_one_error_naming_both_ways():
     with pytest.raises(ValueError, match=r"set MODEL.DENSECLIP.CLASS_NAMES, or set DATASETS.TRAIN") as e:
         build_model(plain_cfg(PAPER, [*TINY, "DATASETS.TRAIN", ()]))

@@ -6,7 +6,7 @@ image features + score maps; the meta-architectures then build their heads on ``
 Every read of MODEL.DENSECLIP.* that builds a part is here or in a ``from_config``."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -30,7 +30,7 @@ class DenseCLIPParts(NamedTuple):
     fpn: FPN
 
 
-def model_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]], kind: str) -> list:
+def model_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]], kind: str) -> List[str]:
     """The vocabulary a model is built with: ``vocabulary`` when given, else the config's
     (:func:`~.vocabulary.vocabulary_from_config`: MODEL.DENSECLIP.CLASS_NAMES, else the ``kind``
     classes of DATASETS.TRAIN[0]'s metadata)."""
