@@ -74,6 +74,11 @@ def build_graph_specs(model: nn.Module, cfg: CfgNode) -> List[GraphSpec]:
         raise ValueError(
             f"MODEL.META_ARCHITECTURE '{arch}' cannot be exported: expected one of {supported_meta_architectures()}"
         )
+    if model.text_side.prompting == "pre":
+        raise ValueError(
+            "MODEL.DENSECLIP.PROMPTING 'pre' cannot be exported yet: its text embeddings depend on the image, so "
+            "the graph would have to contain CLIP's text tower (the graphs hold the vocabulary's text as a constant)"
+        )
     divisor = model.backbone.size_divisibility
     units = max_image_side(cfg, divisor) // divisor
     height, width = torch.export.Dim("height", min=MIN_SIDE_UNITS, max=units), torch.export.Dim("width", min=MIN_SIDE_UNITS, max=units)
