@@ -27,7 +27,9 @@ import torch  # noqa: E402
 
 from benchmarking.cli import build_parser as benchmark_parser  # noqa: E402
 from benchmarking.cli import parse_size  # noqa: E402
-from benchmarking.configs import load_config  # noqa: E402
+from benchmarking.components import count_parameters  # noqa: E402
+from benchmarking.configs import PAPER_FLOPS_SIZE, SEGMENTATION_FLOPS_SIZE, load_config  # noqa: E402
+from benchmarking.flops import _import_flop_count_analysis, _sdpa_flop_jit  # noqa: E402
 from benchmarking.memory import measure_memory  # noqa: E402
 from benchmarking.paired import paired_ratios  # noqa: E402
 from benchmarking.timing import autocast_context, time_phase  # noqa: E402
@@ -41,6 +43,12 @@ REPO = TOOLS.parent
 WORKLOADS = [
     ("ADE20K Semantic FPN", "configs/ADE20K/semantic_fpn_denseclip_R50_512x512_80k.yaml", 150, (512, 512)),
     ("COCO RetinaNet", "configs/COCO/retinanet_denseclip_R50_FPN_1x.yaml", 80, (1333, 800)),
+]
+# Parameters and FLOPs: also Mask R-CNN (its text side is RetinaNet's); FLOPs at the paper's sizes.
+COST_WORKLOADS = [
+    ("ADE20K Semantic FPN", WORKLOADS[0][1], 150, SEGMENTATION_FLOPS_SIZE),
+    ("COCO RetinaNet", WORKLOADS[1][1], 80, PAPER_FLOPS_SIZE),
+    ("COCO Mask R-CNN", "configs/COCO/mask_rcnn_denseclip_R50_FPN_1x.yaml", 80, PAPER_FLOPS_SIZE),
 ]
 MODES = ("post", "pre", "none")
 
@@ -58,6 +66,56 @@ def build_paper_text_side(cfg, num_classes: int, device: str) -> torch.nn.Module
         raise ValueError(f"{cfg.DATASETS.TRAIN[0]} has {len(names)} {kind} classes, expected {num_classes}")
     backbone, clip_model = build_denseclip_encoders(cfg)
     return build_text_side(cfg, clip_model, backbone.embed_dim, names).to(device)
+
+
+class _TextSideOnImage(torch.nn.Module):
+    """The text side as fvcore traces it: (global, dense) embeddings -> (text, score maps)."""
+
+    def __init__(self, side: torch.nn.Module):
+        super().__init__()
+        self.side = side
+
+    def forward(self, global_embed: torch.Tensor, dense: torch.Tensor):
+        return tuple(self.side({CLIP_GLOBAL: global_embed, CLIP_DENSE: dense}))
+
+
+def _module_gflops(by_module: Dict[str, int], path: str) -> float:
+    # Detectron2's FlopCountAnalysis traces the module under a TracingAdapter named "model".
+    return by_module.get(path, by_module.get("model." + path, 0)) / 1e9
+
+
+def variant_cost(cfg, num_classes: int, flops_size) -> Dict[str, Any]:
+    """Parameters of the whole model (tools/benchmark.py's counts) and fvcore GFLOPs of its text side
+    at inference, batch 1, for an image of ``flops_size``: with the vocabulary's text cached (post,
+    none: the text tower is not run, as the paper's counts exclude it) or per image (pre: the text
+    tower runs on the K prompts and is counted, separately too)."""
+    from denseclip.modeling import build_denseclip_model
+
+    model = build_denseclip_model(cfg).eval()
+    params = count_parameters(model)
+    side = model.text_side
+    dense = torch.randn(1, side.text_embeddings_cache.shape[1], flops_size[1] // 32, flops_size[0] // 32)
+    inputs = (torch.randn(1, dense.shape[1]), dense)
+    with torch.no_grad():
+        wrapper = _TextSideOnImage(side).eval()
+        wrapper(*inputs)  # fills the text cache of post / none
+        analysis = _import_flop_count_analysis()(wrapper, inputs)
+        analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_flop_jit})
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        by_module = analysis.by_module()
+        total = analysis.total()
+    assert len(side.vocabulary) == num_classes
+    return {
+        "params_m": params["total"] / 1e6,
+        "params_without_frozen_text_m": params["excluding_frozen_text_encoder"] / 1e6,
+        "trainable_m": params["trainable"] / 1e6,
+        "text_side_gflops": total / 1e9,
+        "text_tower_gflops": _module_gflops(by_module, "side.prompt_encoder"),
+        "context_decoder_gflops": _module_gflops(by_module, "side.context_decoder"),
+        "flops_size": list(flops_size),
+    }
 
 
 def text_side_iteration(side: torch.nn.Module, batch: int, size, args) -> Dict[str, Any]:
@@ -102,6 +160,8 @@ def main() -> Dict[str, Any]:
     p.add_argument("--paired-size", type=parse_size, default=None, metavar="WxH",
                    help="also time whole models (pre / post, none / post) in alternating rounds at this size")
     p.add_argument("--paired-repeats", type=int, default=3)
+    p.add_argument("--skip-cost", action="store_true", help="skip parameters and FLOPs")
+    p.add_argument("--skip-timing", action="store_true", help="skip the text side's time and memory grid")
     p.add_argument("--output-json", default="prompting_cost.json")
     args = p.parse_args()
     if args.threads:
@@ -110,8 +170,16 @@ def main() -> Dict[str, Any]:
     bench_args = benchmark_parser().parse_args(["--device", args.device, "--warmup", str(args.warmup),
                                                 "--repeats", str(args.repeats), *(["--amp"] if args.amp else [])])
     args.amp_dtype = bench_args.amp_dtype
-    results: Dict[str, Any] = {"device": args.device, "amp": args.amp, "threads": torch.get_num_threads(), "text_side": []}
-    for task, config, num_classes, size in WORKLOADS:
+    results: Dict[str, Any] = {"device": args.device, "amp": args.amp, "threads": torch.get_num_threads(),
+                               "cost": [], "text_side": []}
+    for task, config, num_classes, size in ([] if args.skip_cost else COST_WORKLOADS):
+        for mode in MODES:
+            torch.manual_seed(0)
+            cfg = load_config(variant_path(config, mode), "cpu", [], False)
+            row = {"task": task, "mode": mode, "K": num_classes, **variant_cost(cfg, num_classes, size)}
+            results["cost"].append(row)
+            print(json.dumps(row), flush=True)
+    for task, config, num_classes, size in ([] if args.skip_timing else WORKLOADS):
         for mode in MODES:
             cfg = load_config(variant_path(config, mode), args.device, [], False)
             torch.manual_seed(0)
