@@ -2,8 +2,10 @@
 (BatchNorm over the batch of all processes), every SyncBN of a model becomes it on CPU only (same
 state-dict keys), and segmentation configs train with two CPU processes that end with identical weights.
 """
+import json
+import math
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 import torch
@@ -37,7 +39,7 @@ def _affine(norm: nn.Module) -> None:
         norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
 
 
-def _two_synchronised_steps(out_dir: str) -> None:
+def _two_synchronised_steps(out_dir: Path) -> None:
     """Per process: two training steps of one CPUSyncBatchNorm, the results saved for the test."""
     rank = comm.get_rank()
     norm = CPUSyncBatchNorm(CHANNELS)
@@ -50,15 +52,14 @@ def _two_synchronised_steps(out_dir: str) -> None:
         results[step] = {"y": y.detach(), "x_grad": x.grad}
     results["state"] = norm.state_dict()
     results["param_grads"] = {"weight": norm.weight.grad, "bias": norm.bias.grad}
-    torch.save(results, Path(out_dir) / f"rank{rank}.pth")
+    torch.save(results, out_dir / f"rank{rank}.pth")
 
 
-def test_cpu_sync_batchnorm_is_batchnorm_of_all_processes(tmp_path):
+def test_cpu_sync_batchnorm_is_batchnorm_of_all_processes(two_cpu_processes):
     """Two gloo processes with batches of different sizes: outputs, input gradients, summed parameter
     gradients and running statistics (unbiased variance, batches tracked) are those of one
     BatchNorm2d over all their pixels together, which is what torch.nn.SyncBatchNorm computes."""
-    launch(_two_synchronised_steps, 2, dist_url="auto", args=(str(tmp_path),), cpu_processes=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
+    ranks = [torch.load(two_cpu_processes / "batchnorm" / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
 
     reference = nn.BatchNorm2d(CHANNELS)
     _affine(reference)
@@ -134,26 +135,40 @@ def _train_and_save_weights(argv: List[str]) -> None:
     trainer.resume_or_load(resume=False)
     trainer.train()
     model = trainer.model.module  # DDP
-    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-    torch.save(model.state_dict(), Path(cfg.OUTPUT_DIR) / f"rank{comm.get_rank()}.pth")
+    norms = {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    torch.save({"weights": model.state_dict(), "norms": norms}, Path(cfg.OUTPUT_DIR) / f"rank{comm.get_rank()}.pth")
+
+
+def _in_two_processes(root: str) -> None:
+    """Everything this module runs in two CPU processes, in one launch (each start imports the project)."""
+    (Path(root) / "batchnorm").mkdir(exist_ok=True)
+    _two_synchronised_steps(Path(root) / "batchnorm")
+    for run, (config, extra) in sorted(SEGMENTATION_RUNS.items()):
+        _train_and_save_weights([
+            "--config-file", str(REPO_ROOT / "configs" / config), "MODEL.CLIP.PRETRAINED", "",
+            "DATASETS.SYNTHETIC.ROOT", str(Path(root) / "shapes"), *SHAPES_OPTS, *extra, "OUTPUT_DIR", str(Path(root) / run),
+        ])
+
+
+@pytest.fixture(scope="module")
+def two_cpu_processes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("two_cpu_processes")
+    launch(_in_two_processes, 2, dist_url="auto", args=(str(root),), cpu_processes=True)
+    return root
 
 
 @pytest.mark.parametrize("run", sorted(SEGMENTATION_RUNS))
-def test_two_cpu_processes_train_segmentation_to_identical_weights(run, tmp_path):
-    config, extra = SEGMENTATION_RUNS[run]
-    out = tmp_path / "out"
-    argv = ["--config-file", str(REPO_ROOT / "configs" / config), "MODEL.CLIP.PRETRAINED", "",
-            "DATASETS.SYNTHETIC.ROOT", str(tmp_path / "shapes"), *SHAPES_OPTS, *extra, "OUTPUT_DIR", str(out)]
-    launch(_train_and_save_weights, 2, dist_url="auto", args=(argv,), cpu_processes=True)
-
-    weights: List[Dict[str, torch.Tensor]] = [torch.load(out / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
-    assert_exactly_equal(weights[0], weights[1], "weights of rank 0 vs rank 1")
-    tracked = {k: int(v) for k, v in weights[0].items() if k.endswith("num_batches_tracked")}
-    synchronised = [k for k in tracked if k.startswith("sem_seg_head.")]
-    assert synchronised and all(tracked[k] == 3 for k in synchronised)  # 3 synchronised steps in the head
-    log = (out / "log.txt").read_text()
-    assert "SyncBatchNorm layers -> CPUSyncBatchNorm (gloo)" in log and "Total training time" in log
-    assert "Total training time" in (out / "log.txt.rank1").read_text()
+def test_two_cpu_processes_train_segmentation_to_identical_weights(run, two_cpu_processes):
+    out = two_cpu_processes / run
+    ranks = [torch.load(out / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
+    assert_exactly_equal(ranks[0]["weights"], ranks[1]["weights"], "weights of rank 0 vs rank 1")
+    # Every BatchNorm (CLIP or Detectron2 ResNet encoder, Semantic FPN head) synchronised 3 steps.
+    norms = ranks[0]["norms"]
+    assert set(norms.values()) == {"CPUSyncBatchNorm"}
+    assert any(n.startswith("backbone.") for n in norms) and any(n.startswith("sem_seg_head.") for n in norms)
+    assert all(int(ranks[0]["weights"][f"{name}.num_batches_tracked"]) == 3 for name in norms)
+    losses = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [m["iteration"] for m in losses] == [0, 1, 2] and all(math.isfinite(m["total_loss"]) for m in losses)
 
 
 DETECTOR_SYNC_BN = ["MODEL.FPN.NORM", "SyncBN", "MODEL.ROI_MASK_HEAD.NORM", "SyncBN", "MODEL.RESNETS.NORM", "SyncBN",
