@@ -22,9 +22,9 @@ class CPUSyncBatchNorm(NaiveSyncBatchNorm):
     each process's statistics equally (or by image count), which equals the statistics of the whole
     batch only when every process holds the same number of pixels (detection batches differ in size),
     and updates ``running_var`` with the biased variance and not ``num_batches_tracked``. This one
-    sums each channel's pixel count, sum and sum of squares over the processes (Detectron2's
-    differentiable all-reduce: gradients flow through the global statistics as in SyncBatchNorm's
-    backward) and updates the running statistics as SyncBatchNorm does (unbiased variance,
+    combines the processes' per-channel pixel counts, means and variances into those of all pixels
+    (Detectron2's differentiable all-reduce: gradients flow through the global statistics as in
+    SyncBatchNorm's backward) and updates the running statistics as SyncBatchNorm does (unbiased variance,
     ``num_batches_tracked``, cumulative average for momentum None). Same parameters and buffers as
     SyncBatchNorm, so checkpoints load in either. One process or eval mode: plain BatchNorm.
     """
