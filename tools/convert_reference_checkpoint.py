@@ -14,37 +14,73 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "projects" / "DenseCLIP"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "projects" / "DenseCLIP"))
-
-from denseclip.reference_checkpoint import (  # noqa: E402
-    convert_reference_state_dict,
-    detect_reference_layout,
-    is_reference_checkpoint,
-)
+PROGRAM = "convert_reference_checkpoint.py"
 
 
-def main() -> None:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="the reference checkpoint (.pth: state_dict + meta)")
-    parser.add_argument("output", help="where to write the converted checkpoint")
-    args = parser.parse_args()
-    # weights_only: a checkpoint from the internet must not run code; reference checkpoints hold
-    # only tensors and plain meta data.
-    checkpoint = torch.load(args.source, map_location="cpu", weights_only=True)
-    if not is_reference_checkpoint(checkpoint):
-        sys.exit(f"{args.source}: not an mmdetection / mmseg checkpoint (expected the keys 'state_dict' and 'meta')")
-    layout = detect_reference_layout(checkpoint["state_dict"])
-    converted = {"model": convert_reference_state_dict(checkpoint["state_dict"])}
+    parser.add_argument("output", help="where to write the converted checkpoint (an existing file is replaced)")
+    parser.add_argument("--config-file", metavar="FILE", default="",
+                        help="the config of the checkpoint's model, to check that every tensor is there with its shape; "
+                        "default: the paper config of the layout (configs/COCO/*_FPN_1x.yaml, configs/ADE20K/semantic_fpn_*)")
+    return parser
+
+
+def paper_model_state(config_file: str, classes):
+    """The state dict of the model of ``config_file`` (random weights, CPU), ``classes`` its vocabulary."""
+    from detectron2.modeling import build_model
+
+    from denseclip.engine import build_config
+
+    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"]
+    if classes:
+        opts += ["MODEL.DENSECLIP.CLASS_NAMES", list(classes)]
+    return build_model(build_config(config_file, opts)).state_dict()
+
+
+def convert(source: str, output: str, config_file: str = "") -> str:
+    """Convert ``source`` into ``output`` (written only once every check passed); the summary line."""
+    import torch
+
+    from denseclip.engine.checkpoint import atomic_write
+    from denseclip.reference_checkpoint import convert_reference_state_dict, detect_reference_layout
+    from denseclip.reference_checkpoint_files import (
+        check_conversion_is_complete,
+        paper_config_file,
+        read_reference_checkpoint,
+    )
+
+    checkpoint = read_reference_checkpoint(source)
+    state_dict = checkpoint["state_dict"]
+    layout = detect_reference_layout(state_dict)
+    converted = {"model": convert_reference_state_dict(state_dict)}
     classes = checkpoint["meta"].get("CLASSES") if isinstance(checkpoint["meta"], dict) else None
     if classes:
         converted["vocabulary"] = list(classes)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(converted, args.output)
+    config_file = config_file or str(REPO_ROOT / "configs" / paper_config_file(layout, state_dict))
+    check_conversion_is_complete(converted["model"], paper_model_state(config_file, classes), layout, f"'{source}'")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda f: torch.save(converted, f))
     kind = f"{layout.detector}{' ViT' if layout.vit else ''} {'DenseCLIP' if layout.denseclip else 'CLIP baseline'}"
-    print(f"{args.source}: {kind}, {len(converted['model'])} tensors -> {args.output}")
+    return f"{source}: {kind}, {len(converted['model'])} tensors (complete for {Path(config_file).name}) -> {output}"
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    from denseclip.cli_errors import fail, one_line_errors
+    from denseclip.engine import ConfigError
+    from denseclip.reference_checkpoint import ReferenceCheckpointError
+
+    if Path(args.output).is_dir():
+        fail(PROGRAM, f"output '{args.output}' is a folder: give a file name, e.g. {Path(args.output) / 'model.pth'}")
+    with one_line_errors(PROGRAM, ReferenceCheckpointError, ConfigError, FileNotFoundError, PermissionError):
+        print(convert(args.source, args.output, args.config_file))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
