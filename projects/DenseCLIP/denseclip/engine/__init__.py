@@ -19,6 +19,7 @@ from .trainer import (
     Trainer,
     cpu_processes_requested,
     default_argument_parser,
+    redirect_evaluation_output,
     setup,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "get_denseclip_param_groups",
     "launch",
     "merge_config_file",
+    "redirect_evaluation_output",
     "merge_overrides",
     "model_parameter_groups",
     "resolve_step_fractions",

@@ -40,6 +40,7 @@ __all__ = [
     "Trainer",
     "cpu_processes_requested",
     "default_argument_parser",
+    "redirect_evaluation_output",
     "is_semantic_segmentation",
     "setup",
 ]
@@ -320,12 +321,41 @@ def cpu_processes_requested(args: argparse.Namespace) -> bool:
     in the config file or the overrides (read without registering datasets)."""
     if getattr(args, "cpu_processes", False):
         return True
+    return _command_line_config(args).MODEL.DEVICE == "cpu"
+
+
+def _command_line_config(args: argparse.Namespace) -> CfgNode:
+    """The config file and overrides of ``args``, merged without registering datasets."""
     cfg = get_cfg()
     add_denseclip_config(cfg)
     if args.config_file:
         merge_config_file(cfg, args.config_file)
     merge_overrides(cfg, args.opts or [])
-    return cfg.MODEL.DEVICE == "cpu"
+    return cfg
+
+
+def redirect_evaluation_output(args: argparse.Namespace) -> str:
+    """Point ``--eval-only`` (config.yaml, log.txt, inference/) at a new folder
+    ``OUTPUT_DIR/eval/<weights or export name>`` (``-2``, ``-3``, ... when it exists), so that an
+    evaluation never overwrites or appends to what the training run (or an earlier evaluation)
+    wrote in OUTPUT_DIR: appends ``OUTPUT_DIR <folder>`` to ``args.opts`` and keeps the training
+    run's folder in ``args.training_output_dir`` (where ``--resume`` finds last_checkpoint).
+    Called once before the processes start, so that all ranks agree. Returns the folder."""
+    cfg = _command_line_config(args)
+    if getattr(args, "onnx", None):
+        name = "onnx_" + os.path.basename(os.path.normpath(args.onnx))
+    elif cfg.MODEL.WEIGHTS:
+        name = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0]
+    else:
+        name = "last_checkpoint" if getattr(args, "resume", False) else "no_weights"
+    base = os.path.join(cfg.OUTPUT_DIR, "eval", name)
+    folder, n = base, 1
+    while os.path.exists(folder):
+        n += 1
+        folder = f"{base}-{n}"
+    args.training_output_dir = cfg.OUTPUT_DIR
+    args.opts = list(args.opts or []) + ["OUTPUT_DIR", folder]
+    return folder
 
 
 class _HeldLogRecords(logging.Handler):
@@ -385,7 +415,10 @@ def setup(args: argparse.Namespace) -> CfgNode:
     # before logging is set up: held back, then written to the console and log.txt.
     with _HeldLogRecords("denseclip") as held:
         cfg = build_config(args.config_file, args.opts or [])
-        register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        try:
+            register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        except (ValueError, FileNotFoundError) as e:  # the files' problems, named: no traceback
+            raise ConfigError(f"dataset: {e}") from e
         check_dataset_names(cfg)
         try:
             record_vocabulary(cfg)
