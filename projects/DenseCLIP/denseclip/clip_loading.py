@@ -83,7 +83,9 @@ def create_clip_model(
     if is_file:
         load_clip_weights(model, pretrained, expected_sha256=pretrained_sha256)
     else:
-        logger.info("CLIP %s: random initialisation (MODEL.CLIP.PRETRAINED is empty)", model_name)
+        # Debug only: MODEL.WEIGHTS usually replaces these weights right after; training and the
+        # predictor say so where the whole model stays random.
+        logger.debug("CLIP %s: random initialisation (MODEL.CLIP.PRETRAINED is empty)", model_name)
     return model
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import time
 import weakref
 from collections import Counter
@@ -394,6 +395,21 @@ class _HeldLogRecords(logging.Handler):
         self.records = []
 
 
+class _PlainText(logging.Filter):
+    """Drop ANSI colour codes from the records of a logger: ``default_setup`` colours the config it
+    logs (pygments), and log.txt would hold the escape codes."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "\x1b[" in record.msg:
+            record.msg = self._ANSI.sub("", record.msg)
+        return True
+
+
+_PLAIN_TEXT = _PlainText()
+
+
 def _make_deterministic(cfg: CfgNode) -> None:
     """With a fixed SEED, ask PyTorch for deterministic kernels so that CPU runs repeat their losses
     bit for bit (``default_setup`` already seeds Python, NumPy and torch with SEED + rank). On GPU
@@ -425,10 +441,13 @@ def setup(args: argparse.Namespace) -> CfgNode:
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()
+    logging.getLogger("detectron2").addFilter(_PLAIN_TEXT)  # the same object: added once
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
     held.replay()
+    if not getattr(args, "eval_only", False) and not cfg.MODEL.WEIGHTS and not cfg.MODEL.CLIP.PRETRAINED:
+        logger.info("MODEL.WEIGHTS and MODEL.CLIP.PRETRAINED are empty: training starts from random weights")
     if cfg.SEED >= 0:
         _make_deterministic(cfg)
     return cfg
