@@ -104,9 +104,9 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     --cpu; frozen. The class names are resolved by the predictor (a --vocabulary may have to name
     them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError`` naming the
     overrides as given, as train_net.py does."""
-    # --cpu as the last override: it wins over --opts, and build_config does not report a CUDA fallback.
-    cpu = ["MODEL.DEVICE", "cpu"] if getattr(args, "cpu", False) else []
-    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []) + cpu)
+    # --cpu wins over --opts, and build_config then reports no CUDA fallback.
+    device = "cpu" if getattr(args, "cpu", False) else None
+    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []), device=device)
     register_datasets_from_config(cfg)
     cfg.merge_from_list(_threshold_opts(args))
     if cfg.MODEL.WEIGHTS and cfg.MODEL.CLIP.PRETRAINED:
