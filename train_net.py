@@ -18,6 +18,7 @@ from typing import Any
 from denseclip.cli_errors import fail
 from denseclip.engine import (
     ConfigError,
+    IncompatibleCheckpointError,
     LaunchError,
     Trainer,
     cpu_processes_requested,
@@ -26,6 +27,7 @@ from denseclip.engine import (
     redirect_evaluation_output,
     setup,
 )
+from denseclip.reference_checkpoint import ReferenceCheckpointError
 
 
 def main(args: argparse.Namespace) -> Any:
@@ -73,5 +75,6 @@ if __name__ == "__main__":
             args=(args,),
             cpu_processes=cpu_processes_requested(args),
         )
-    except (ConfigError, LaunchError, FileNotFoundError) as e:  # a config or command-line mistake: its message, no traceback
+    # a config, command-line or weights-file mistake (ReferenceCheckpointError is a ValueError): its message, no traceback
+    except (ConfigError, LaunchError, FileNotFoundError, IncompatibleCheckpointError, ReferenceCheckpointError) as e:
         fail("train_net.py", e)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def convert_main(argv):
 @pytest.mark.parametrize("content, reason", [
     (None, "no such file"),
     (b"", "is empty (0 bytes)"),
-    (os.urandom(3000), "not a PyTorch checkpoint"),
+    (b"<html>not found</html>" + bytes(range(256)) * 12, "not a PyTorch checkpoint"),
     ("truncated", "truncated or corrupt"),
 ])
 def test_unreadable_reference_checkpoints_are_one_line_errors(capsys, tmp_path, content, reason):
@@ -148,9 +149,29 @@ def test_unreadable_reference_checkpoints_are_one_line_errors(capsys, tmp_path, 
     assert not (tmp_path / "out.pth").exists()
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"", "the file is empty (0 bytes)"),
+    (b"<html>not found</html>", "not a PyTorch checkpoint"),
+    ("truncated", "truncated or corrupt"),
+])
+def test_unreadable_model_weights_are_named(tmp_path, content, reason):
+    """MODEL.WEIGHTS of an interrupted download: EOFError, UnpicklingError ("Python objects") or
+    PytorchStreamReader tracebacks before."""
+    from denseclip.engine import AtomicDetectionCheckpointer, IncompatibleCheckpointError
+
+    path = tmp_path / "model_final.pth"
+    if content == "truncated":
+        torch.save({"model": {"weight": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(IncompatibleCheckpointError, match=rf"cannot read .{re.escape(str(path))}.: .*{re.escape(reason)}"):
+        AtomicDetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
+
+
 def test_converter_exit_status_without_traceback(tmp_path):
     source = tmp_path / "random.pth"
-    source.write_bytes(os.urandom(3000))
+    source.write_bytes(b"<html>not found</html>" + bytes(range(256)) * 12)
     proc = run_script([REPO_ROOT / "tools" / "convert_reference_checkpoint.py", source, tmp_path / "out.pth"])
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "convert_reference_checkpoint.py", "not a PyTorch checkpoint", "download it again")

@@ -12,32 +12,37 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
 from .reference_checkpoint import ReferenceCheckpointError, ReferenceLayout, is_reference_checkpoint, reference_names
 from .reference_segmentation_checkpoint import SEMANTIC_FPN
 
-__all__ = ["check_conversion_is_complete", "paper_config_file", "read_reference_checkpoint"]
+__all__ = ["check_conversion_is_complete", "checkpoint_file_problem", "paper_config_file", "read_reference_checkpoint"]
 
 _PICKLE_PROTOCOL_2_OR_LATER = 0x80  # the first byte of torch.save's legacy (non-zip) format
 _RESNET_DEPTH_OF_LAYER3_BLOCKS = {6: 50, 23: 101}
 
 
-def _unreadable_reason(path: str, error: BaseException) -> str:
+def checkpoint_file_problem(path: str, error: BaseException) -> Optional[str]:
+    """Why ``torch.load(path, weights_only=True)`` raised ``error``, in words: an empty, truncated
+    or foreign file. None when the file is a whole checkpoint whose contents ``weights_only``
+    refused (Python objects other than tensors and containers)."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes)"
     with open(path, "rb") as f:
         head = f.read(4)
     if not zipfile.is_zipfile(path) and head[:1] != bytes([_PICKLE_PROTOCOL_2_OR_LATER]):
         if head[:2] == b"PK":
             return "its zip archive is truncated or corrupt"
         return "it is not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)"
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+        return None
     if isinstance(error, EOFError) or "failed finding central directory" in str(error):
         return "it is truncated (the file ends too early)"
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
-        return ("it holds Python objects other than tensors and plain containers, which torch.load(weights_only=True) "
-                "does not unpickle; re-save c = {'state_dict': ..., 'meta': {'CLASSES': ...}} with a trusted process")
-    return f"it is truncated or corrupt ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"it is truncated or corrupt ({type(error).__name__}: {first_line})"
 
 
 def read_reference_checkpoint(path: str) -> Dict[str, Any]:
@@ -54,7 +59,10 @@ def read_reference_checkpoint(path: str) -> Dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as e:
-        raise ReferenceCheckpointError(f"cannot read '{path}': {_unreadable_reason(path, e)}; {again}") from e
+        reason = checkpoint_file_problem(path, e) or (
+            "it holds Python objects other than tensors and plain containers, which torch.load(weights_only=True) "
+            "does not unpickle; re-save c = {'state_dict': ..., 'meta': {'CLASSES': ...}} with a trusted process")
+        raise ReferenceCheckpointError(f"cannot read '{path}': {reason}; {again}") from e
     if not is_reference_checkpoint(checkpoint):
         found = f"keys {sorted(checkpoint)[:6]}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ReferenceCheckpointError(

@@ -39,6 +39,7 @@ from ..reference_checkpoint import (
     is_reference_checkpoint,
     reference_names,
 )
+from ..reference_checkpoint_files import checkpoint_file_problem
 
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "checkpoint_vocabulary"]
 
@@ -220,7 +221,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return {"model": load_file(filename, device="cpu")}
         try:
             loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+            problem = checkpoint_file_problem(filename, e)
+            if problem is not None:  # empty, truncated, not a checkpoint: e.g. an interrupted download
+                raise IncompatibleCheckpointError(f"cannot read '{filename}': {problem}") from e
             raise RuntimeError(
                 f"'{filename}' contains Python objects other than tensors and plain containers, "
                 "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
