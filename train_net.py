@@ -13,6 +13,7 @@ log.txt and inference/ results into a new folder OUTPUT_DIR/eval/<weights name> 
 exists): what the training run wrote in OUTPUT_DIR is never overwritten.
 """
 import argparse
+import os
 from typing import Any
 
 from denseclip.cli_errors import fail
@@ -62,6 +63,10 @@ def exported_model(path: str, cfg) -> Any:
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    if args.onnx and not args.eval_only:
+        fail("train_net.py", f"--onnx {args.onnx}: an export is evaluated, not trained; add --eval-only")
+    if args.onnx and not os.path.exists(args.onnx):
+        fail("train_net.py", f"--onnx '{args.onnx}': no such export folder (export with tools/deploy/export_model.py --output {args.onnx})")
     try:
         if args.eval_only:
             print(f"train_net.py: --eval-only writes to {redirect_evaluation_output(args)} (the training run's files stay as they are)")

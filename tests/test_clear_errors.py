@@ -309,6 +309,16 @@ def test_demo_onnx_on_a_missing_folder_names_it(capsys, tmp_path, photo_or_png):
     assert f"'{missing}': no such export folder" in capsys.readouterr().err
 
 
+def test_train_net_onnx_checks_come_before_anything_is_written(tmp_path):
+    missing = tmp_path / "no_export"
+    config = REPO_ROOT / "configs" / SYNTHETIC
+    proc = run_script([REPO_ROOT / "train_net.py", "--config-file", config, "--eval-only", "--onnx", missing,
+                       "OUTPUT_DIR", tmp_path / "out"])
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "train_net.py", f"--onnx '{missing}': no such export folder")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------- noise
 def test_help_prints_no_future_warning():
     proc = run_script([REPO_ROOT / "train_net.py", "--help"])
