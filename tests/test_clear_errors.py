@@ -169,14 +169,6 @@ def test_unreadable_model_weights_are_named(tmp_path, content, reason):
         AtomicDetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
 
 
-def test_converter_exit_status_without_traceback(tmp_path):
-    source = tmp_path / "random.pth"
-    source.write_bytes(b"<html>not found</html>" + bytes(range(256)) * 12)
-    proc = run_script([REPO_ROOT / "tools" / "convert_reference_checkpoint.py", source, tmp_path / "out.pth"])
-    assert proc.returncode == 2
-    assert_one_line_error(proc.stderr, "convert_reference_checkpoint.py", "not a PyTorch checkpoint", "download it again")
-
-
 def test_paper_config_of_a_reference_layout():
     from denseclip.reference_checkpoint import ReferenceLayout
     from denseclip.reference_checkpoint_files import paper_config_file
@@ -337,7 +329,7 @@ def test_cpu_flag_does_not_report_a_cuda_fallback(caplog):
 
 
 def test_config_dump_in_the_log_has_no_colour_codes():
-    from denseclip.engine.trainer import _PLAIN_TEXT
+    from denseclip.engine.run_output import PLAIN_TEXT_LOGS
 
     record = logging.LogRecord("detectron2", logging.INFO, __file__, 1, "config:\n\x1b[38;5;197mMODEL\x1b[39m:", None, None)
-    assert _PLAIN_TEXT.filter(record) and record.getMessage() == "config:\nMODEL:"
+    assert PLAIN_TEXT_LOGS.filter(record) and record.getMessage() == "config:\nMODEL:"

@@ -12,6 +12,7 @@ from .optimizer import (
     model_parameter_groups,
     resolve_step_fractions,
 )
+from .run_output import redirect_evaluation_output
 from .trainer import (
     AutocastTrainer,
     GradScalerOverflowLogger,
@@ -19,7 +20,6 @@ from .trainer import (
     Trainer,
     cpu_processes_requested,
     default_argument_parser,
-    redirect_evaluation_output,
     setup,
 )
 

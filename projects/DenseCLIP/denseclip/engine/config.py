@@ -18,7 +18,7 @@ from detectron2.data import DatasetCatalog
 from ..config import add_denseclip_config
 from .optimizer import resolve_step_fractions
 
-__all__ = ["ConfigError", "build_config", "check_dataset_names", "merge_config_file", "merge_overrides"]
+__all__ = ["ConfigError", "build_config", "check_dataset_names", "command_line_config", "merge_config_file", "merge_overrides"]
 
 logger = logging.getLogger("denseclip")
 
@@ -64,6 +64,18 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
         cfg.merge_from_list(list(opts))
     except _CONFIG_ERRORS as e:
         raise ConfigError(f"Invalid config override(s) {list(opts)}: {_reason(e)}") from e
+
+
+def command_line_config(args: Any) -> CfgNode:
+    """The config file (``args.config_file``) and KEY VALUE overrides (``args.opts``) of a command
+    line, merged into the defaults without registering datasets: what the launcher reads before
+    the processes start."""
+    cfg = get_cfg()
+    add_denseclip_config(cfg)
+    if args.config_file:
+        merge_config_file(cfg, args.config_file)
+    merge_overrides(cfg, args.opts or [])
+    return cfg
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import time
 import weakref
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
@@ -26,13 +25,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_denseclip_config
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
 from ..modeling.vocabulary import record_vocabulary
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+from .config import ConfigError, build_config, check_dataset_names, command_line_config
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
+from .run_output import PLAIN_TEXT_LOGS
 
 __all__ = [
     "AutocastTrainer",
@@ -41,7 +40,6 @@ __all__ = [
     "Trainer",
     "cpu_processes_requested",
     "default_argument_parser",
-    "redirect_evaluation_output",
     "is_semantic_segmentation",
     "setup",
 ]
@@ -322,41 +320,7 @@ def cpu_processes_requested(args: argparse.Namespace) -> bool:
     in the config file or the overrides (read without registering datasets)."""
     if getattr(args, "cpu_processes", False):
         return True
-    return _command_line_config(args).MODEL.DEVICE == "cpu"
-
-
-def _command_line_config(args: argparse.Namespace) -> CfgNode:
-    """The config file and overrides of ``args``, merged without registering datasets."""
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    if args.config_file:
-        merge_config_file(cfg, args.config_file)
-    merge_overrides(cfg, args.opts or [])
-    return cfg
-
-
-def redirect_evaluation_output(args: argparse.Namespace) -> str:
-    """Point ``--eval-only`` (config.yaml, log.txt, inference/) at a new folder
-    ``OUTPUT_DIR/eval/<weights or export name>`` (``-2``, ``-3``, ... when it exists), so that an
-    evaluation never overwrites or appends to what the training run (or an earlier evaluation)
-    wrote in OUTPUT_DIR: appends ``OUTPUT_DIR <folder>`` to ``args.opts`` and keeps the training
-    run's folder in ``args.training_output_dir`` (where ``--resume`` finds last_checkpoint).
-    Called once before the processes start, so that all ranks agree. Returns the folder."""
-    cfg = _command_line_config(args)
-    if getattr(args, "onnx", None):
-        name = "onnx_" + os.path.basename(os.path.normpath(args.onnx))
-    elif cfg.MODEL.WEIGHTS:
-        name = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0]
-    else:
-        name = "last_checkpoint" if getattr(args, "resume", False) else "no_weights"
-    base = os.path.join(cfg.OUTPUT_DIR, "eval", name)
-    folder, n = base, 1
-    while os.path.exists(folder):
-        n += 1
-        folder = f"{base}-{n}"
-    args.training_output_dir = cfg.OUTPUT_DIR
-    args.opts = list(args.opts or []) + ["OUTPUT_DIR", folder]
-    return folder
+    return command_line_config(args).MODEL.DEVICE == "cpu"
 
 
 class _HeldLogRecords(logging.Handler):
@@ -395,21 +359,6 @@ class _HeldLogRecords(logging.Handler):
         self.records = []
 
 
-class _PlainText(logging.Filter):
-    """Drop ANSI colour codes from the records of a logger: ``default_setup`` colours the config it
-    logs (pygments), and log.txt would hold the escape codes."""
-
-    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "\x1b[" in record.msg:
-            record.msg = self._ANSI.sub("", record.msg)
-        return True
-
-
-_PLAIN_TEXT = _PlainText()
-
-
 def _make_deterministic(cfg: CfgNode) -> None:
     """With a fixed SEED, ask PyTorch for deterministic kernels so that CPU runs repeat their losses
     bit for bit (``default_setup`` already seeds Python, NumPy and torch with SEED + rank). On GPU
@@ -441,7 +390,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()
-    logging.getLogger("detectron2").addFilter(_PLAIN_TEXT)  # the same object: added once
+    logging.getLogger("detectron2").addFilter(PLAIN_TEXT_LOGS)  # the same object: added once
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
