@@ -9,6 +9,11 @@ The output holds ``{"model": state_dict, "vocabulary": [the checkpoint's CLASSES
 ``MODEL.WEIGHTS`` under the paper config of the same model (configs/COCO/*_{denseclip,clip}_R{50,101}_FPN_1x.yaml,
 configs/ADE20K/semantic_fpn_{denseclip,clip}_*.yaml).
 ``MODEL.WEIGHTS`` also accepts the reference file directly: the checkpointer converts it on load.
+
+Before the output is written, the converted tensors are checked against the model of that paper config
+(built on the CPU with random weights, a few seconds): a tensor the checkpoint lacks, or one of another
+shape, is an error naming it. Errors are one line (``convert_reference_checkpoint.py: error: ...``,
+exit status 2): a missing, empty, truncated or foreign file, a checkpoint of another layout.
 """
 import argparse
 import sys
