@@ -32,22 +32,23 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", metavar="FILE", default="",
                         help="the config of the checkpoint's model, to check that every tensor is there with its shape; "
                         "default: the paper config of the layout (configs/COCO/*_FPN_1x.yaml, configs/ADE20K/semantic_fpn_*)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="with --config-file (given before SOURCE): config overrides as KEY VALUE pairs after OUTPUT")
     return parser
 
 
-def paper_model_state(config_file: str, classes):
-    """The state dict of the model of ``config_file`` (random weights, CPU), ``classes`` its vocabulary."""
+def paper_model_state(config_file: str, classes, opts=()):
+    """The state dict of the model of ``config_file`` and ``opts`` (random weights, CPU), ``classes``
+    its vocabulary."""
     from detectron2.modeling import build_model
 
     from denseclip.engine import build_config
 
-    opts = ["MODEL.CLIP.PRETRAINED", "", "MODEL.DEVICE", "cpu"]
-    if classes:
-        opts += ["MODEL.DENSECLIP.CLASS_NAMES", list(classes)]
-    return build_model(build_config(config_file, opts)).state_dict()
+    base = ["MODEL.CLIP.PRETRAINED", ""] + (["MODEL.DENSECLIP.CLASS_NAMES", list(classes)] if classes else [])
+    return build_model(build_config(config_file, base + list(opts), device="cpu")).state_dict()
 
 
-def convert(source: str, output: str, config_file: str = "") -> str:
+def convert(source: str, output: str, config_file: str = "", opts=()) -> str:
     """Convert ``source`` into ``output`` (written only once every check passed); the summary line."""
     import torch
 
@@ -67,25 +68,26 @@ def convert(source: str, output: str, config_file: str = "") -> str:
     if classes:
         converted["vocabulary"] = list(classes)
     config_file = config_file or str(REPO_ROOT / "configs" / paper_config_file(layout, state_dict))
-    check_conversion_is_complete(converted["model"], paper_model_state(config_file, classes), layout, f"'{source}'")
+    check_conversion_is_complete(converted["model"], paper_model_state(config_file, classes, opts), layout, f"'{source}'")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(output, lambda f: torch.save(converted, f))
     kind = f"{layout.detector}{' ViT' if layout.vit else ''} {'DenseCLIP' if layout.denseclip else 'CLIP baseline'}"
     return f"{source}: {kind}, {len(converted['model'])} tensors (complete for {Path(config_file).name}) -> {output}"
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     from denseclip.cli_errors import fail, one_line_errors
     from denseclip.engine import ConfigError
     from denseclip.reference_checkpoint import ReferenceCheckpointError
 
+    if args.opts and not args.config_file:
+        fail(PROGRAM, f"config overrides {args.opts} need --config-file (the paper configs are used as they are)")
     if Path(args.output).is_dir():
         fail(PROGRAM, f"output '{args.output}' is a folder: give a file name, e.g. {Path(args.output) / 'model.pth'}")
     with one_line_errors(PROGRAM, ReferenceCheckpointError, ConfigError, FileNotFoundError, PermissionError):
-        print(convert(args.source, args.output, args.config_file))
-    return 0
+        print(convert(args.source, args.output, args.config_file, args.opts))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
