@@ -333,3 +333,14 @@ def test_config_dump_in_the_log_has_no_colour_codes():
 
     record = logging.LogRecord("detectron2", logging.INFO, __file__, 1, "config:\n\x1b[38;5;197mMODEL\x1b[39m:", None, None)
     assert PLAIN_TEXT_LOGS.filter(record) and record.getMessage() == "config:\nMODEL:"
+
+
+def test_random_clip_is_reported_only_without_model_weights(caplog):
+    from denseclip.backbone.build import create_clip_from_config
+
+    for weights, reported in (("", True), ("output/model_final.pth", False)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="denseclip"):
+            create_clip_from_config(load_config(SYNTHETIC, TINY + ["MODEL.WEIGHTS", weights]))
+        infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert any("CLIP RN-tiny: random initialisation" in m for m in infos) == reported, (weights, infos)

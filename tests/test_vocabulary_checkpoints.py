@@ -149,7 +149,7 @@ def test_detectron2_registration_and_builtin_names(tmp_path):
 def test_open_clip_random_init_warning_is_replaced_by_what_is_loaded(caplog):
     from denseclip.clip_loading import create_clip_model
 
-    with caplog.at_level(logging.DEBUG):  # debug: MODEL.WEIGHTS usually follows
+    with caplog.at_level(logging.INFO):
         create_clip_model("RN-tiny", model_config_file="RN-tiny.json")
     messages = [r.getMessage() for r in caplog.records]
     assert not any("No pretrained weights loaded" in m for m in messages)

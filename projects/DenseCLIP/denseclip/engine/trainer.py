@@ -395,8 +395,6 @@ def setup(args: argparse.Namespace) -> CfgNode:
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
     held.replay()
-    if not getattr(args, "eval_only", False) and not cfg.MODEL.WEIGHTS and not cfg.MODEL.CLIP.PRETRAINED:
-        logger.info("MODEL.WEIGHTS and MODEL.CLIP.PRETRAINED are empty: training starts from random weights")
     if cfg.SEED >= 0:
         _make_deterministic(cfg)
     return cfg
