@@ -799,6 +799,6 @@ def test_two_cpu_processes_with_gloo(tiny_data, tmp_path):
         log = (tmp_path / log_file).read_text()
         assert f"Rank of current process: {rank}. World size: 2" in log
         assert "Total training time" in log, f"rank {rank} did not finish"
-    assert "NaiveSyncBatchNorm" in (tmp_path / "log.txt").read_text()  # the configs' SyncBN, over gloo
+    assert "SyncBatchNorm layers -> CPUSyncBatchNorm (gloo)" in (tmp_path / "log.txt").read_text()  # the configs' SyncBN
     assert [m["iteration"] for m in training_metrics(tmp_path)] == [0, 1]
     assert (tmp_path / "model_final.pth").is_file()

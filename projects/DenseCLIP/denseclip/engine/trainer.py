@@ -21,10 +21,11 @@ from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_dd
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
-from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..backbone.norm import CPUSyncBatchNorm, sync_batchnorm_to_cpu
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
 from ..modeling.vocabulary import record_vocabulary
@@ -252,6 +253,20 @@ class Trainer(DefaultTrainer):
         if grad_scaler is not None:
             ret.insert(1, GradScalerOverflowLogger(grad_scaler))
         return ret
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """Detectron2's ``build_model``. In CPU processes (gloo) its ``torch.nn.SyncBatchNorm`` layers
+        (NORM "SyncBN" of Detectron2's heads, FPN or ResNet), which DDP refuses on CPU ("SyncBatchNorm
+        layers only work with GPU modules"), become :class:`CPUSyncBatchNorm`: the same statistics
+        over all processes, the same state-dict keys. GPU processes keep ``torch.nn.SyncBatchNorm``."""
+        model = build_model(cfg)
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            model = sync_batchnorm_to_cpu(model)
+            synchronised = sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules())
+            logger.info(f"CPU processes: {synchronised} SyncBatchNorm layers -> CPUSyncBatchNorm (gloo)")
+        logger.info(f"Model:\n{model}")
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
