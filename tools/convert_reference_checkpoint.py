@@ -85,7 +85,7 @@ def main(argv=None) -> None:
         fail(PROGRAM, f"config overrides {args.opts} need --config-file (the paper configs are used as they are)")
     if Path(args.output).is_dir():
         fail(PROGRAM, f"output '{args.output}' is a folder: give a file name, e.g. {Path(args.output) / 'model.pth'}")
-    with one_line_errors(PROGRAM, ReferenceCheckpointError, ConfigError, FileNotFoundError, PermissionError):
+    with one_line_errors(PROGRAM, ReferenceCheckpointError, ConfigError, OSError):  # OSError: writing OUTPUT
         print(convert(args.source, args.output, args.config_file, args.opts))
 
 

@@ -30,9 +30,8 @@ def fail(program: str, message: object) -> NoReturn:
 
 @contextlib.contextmanager
 def one_line_errors(program: str, *errors: Type[BaseException]) -> Iterator[None]:
-    """Turn the exceptions of the types ``errors`` raised in the block into :func:`fail`. A
-    FileNotFoundError from ``open`` says ``[Errno 2] No such file or directory: 'x'``: its
-    message is kept, as it names the file."""
+    """Turn the exceptions of the types ``errors`` raised in the block into :func:`fail` (their
+    messages name the file or value; other exceptions are bugs and keep their traceback)."""
     try:
         yield
     except errors as e:
