@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
@@ -27,12 +27,12 @@ from detectron2.utils.logger import setup_logger
 
 from ..backbone.norm import CPUSyncBatchNorm, sync_batchnorm_to_cpu
 from ..checkpoint import AtomicDetectionCheckpointer
-from ..config import add_denseclip_config
-from ..config_building import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+from ..config_building import ConfigError, build_config, check_dataset_names, command_line_config
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
 from ..modeling.vocabulary import check_run_vocabulary
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
+from .run_output import PLAIN_TEXT_LOGS
 
 __all__ = [
     "AutocastTrainer",
@@ -335,12 +335,7 @@ def cpu_processes_requested(args: argparse.Namespace) -> bool:
     in the config file or the overrides (read without registering datasets)."""
     if getattr(args, "cpu_processes", False):
         return True
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    if args.config_file:
-        merge_config_file(cfg, args.config_file)
-    merge_overrides(cfg, args.opts or [])
-    return cfg.MODEL.DEVICE == "cpu"
+    return command_line_config(args).MODEL.DEVICE == "cpu"
 
 
 class _HeldLogRecords(logging.Handler):
@@ -400,13 +395,17 @@ def setup(args: argparse.Namespace) -> CfgNode:
     # before logging is set up: held back, then written to the console and log.txt.
     with _HeldLogRecords("denseclip") as held:
         cfg = build_config(args.config_file, args.opts or [])
-        register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        try:
+            register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        except (ValueError, FileNotFoundError) as e:  # the files' problems, named: no traceback
+            raise ConfigError(f"dataset: {e}") from e
         check_dataset_names(cfg)
         try:
             check_run_vocabulary(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()
+    logging.getLogger("detectron2").addFilter(PLAIN_TEXT_LOGS)  # the same object: added once
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")
