@@ -34,7 +34,14 @@ from detectron2.utils import comm
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch.nn.parallel import DistributedDataParallel
 
-from .reference_checkpoint import convert_reference_state_dict, is_reference_checkpoint
+from .reference_checkpoint import (
+    ReferenceLayout,
+    convert_reference_state_dict,
+    detect_reference_layout,
+    is_reference_checkpoint,
+    reference_names,
+)
+from .reference_checkpoint_files import checkpoint_file_problem
 
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "read_checkpoint"]
 
@@ -104,7 +111,8 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
     per-class tensors belong to). ``.pth``/``.pt`` files are unpickled with ``weights_only=True``
     (nothing in them can execute code); ``.safetensors`` hold a bare state dict; the authors'
     mmdetection checkpoints are converted to this project's names (their classes as
-    ``"vocabulary"``). None for what only Detectron2's loader reads (``.pkl``/``.pyth`` model-zoo
+    ``"vocabulary"``, their key layout as ``"reference_layout"``). An empty or truncated file is an
+    :class:`IncompatibleCheckpointError` saying so. None for what only Detectron2's loader reads (``.pkl``/``.pyth`` model-zoo
     files, which record no vocabulary, and URLs): :meth:`AtomicDetectionCheckpointer.load` reads those."""
     if path.endswith((".pkl", ".pyth")) or "://" in path:
         return None
@@ -116,7 +124,10 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
         return {"model": load_file(path, device="cpu")}
     try:
         loaded = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        problem = checkpoint_file_problem(path, e)
+        if problem is not None:  # empty, truncated, not a checkpoint: e.g. an interrupted download
+            raise IncompatibleCheckpointError(f"cannot read '{path}': {problem}") from e
         raise RuntimeError(
             f"'{path}' contains Python objects other than tensors and plain containers, "
             "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
@@ -130,7 +141,8 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
         # The authors' mmdetection checkpoint: converted to this project's names on the fly.
         logger.info(f"'{path}' is a DenseCLIP reference (mmdetection) checkpoint: converting it")
         classes = loaded["meta"].get("CLASSES") if isinstance(loaded["meta"], dict) else None
-        converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"])}
+        converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"]),
+                                     "reference_layout": detect_reference_layout(loaded["state_dict"])}
         if classes:
             converted["vocabulary"] = list(classes)
         return converted
@@ -289,9 +301,26 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 "Set MODEL.REINIT_VOCABULARY_MISMATCH True to load all other weights and keep these "
                 "freshly initialised."
             )
+        self._check_reference_complete(checkpoint.get("reference_layout"), incompatible.missing_keys,
+                                       {key for key, _, _ in mismatched})
         if mismatched:
             self.logger.warning(
                 f"MODEL.REINIT_VOCABULARY_MISMATCH: kept {len(mismatched)} freshly initialised "
                 f"tensor(s) instead of those of '{self._loading}':\n{_format_shapes(mismatched)}"
             )
         return incompatible
+
+    def _check_reference_complete(self, layout: Optional[ReferenceLayout], missing_keys: Sequence[str], mismatched: Any) -> None:
+        """An authors' checkpoint (``layout``: its key layout, None for other files) holds every tensor
+        of its model: one it lacks (that the model's layout maps to a reference name) would stay random
+        with only fvcore's log warning."""
+        if layout is None:
+            return
+        lacking = reference_names([k for k in missing_keys if k not in mismatched], layout)
+        if lacking:
+            names = list(lacking.values())
+            raise IncompatibleCheckpointError(
+                f"'{self._loading}' is an authors' checkpoint that lacks {len(names)} tensor(s) of the model: "
+                f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}; they would stay random. Download the "
+                "checkpoint again (tools/convert_reference_checkpoint.py checks a file without loading it)"
+            )

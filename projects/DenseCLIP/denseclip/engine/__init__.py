@@ -13,6 +13,7 @@ from .optimizer import (
     get_denseclip_param_groups,
     model_parameter_groups,
 )
+from .run_output import redirect_evaluation_output
 from .trainer import (
     AutocastTrainer,
     GradScalerOverflowLogger,
@@ -44,6 +45,7 @@ __all__ = [
     "get_denseclip_param_groups",
     "launch",
     "merge_config_file",
+    "redirect_evaluation_output",
     "merge_overrides",
     "model_parameter_groups",
     "resolve_step_fractions",
