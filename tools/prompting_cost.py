@@ -127,9 +127,16 @@ def text_side_iteration(side: torch.nn.Module, batch: int, size, args) -> Dict[s
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     autocast = autocast_context(args)
 
+    saved: Dict[int, int] = {}
+
+    def count_saved(tensor: torch.Tensor) -> torch.Tensor:
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
     def train_step():
         side.train()
-        with autocast():
+        saved.clear()
+        with autocast(), torch.autograd.graph.saved_tensors_hooks(count_saved, lambda t: t):
             text, score_map = side(features)
             loss = score_map.float().square().mean() + text.float().square().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -145,7 +152,12 @@ def text_side_iteration(side: torch.nn.Module, batch: int, size, args) -> Dict[s
     for name, fn in (("train", train_step), ("inference", infer)):
         with measure_memory(args.device) as memory:
             timing = time_phase(fn, args.warmup, args.repeats, args.device)
-        out[name] = {"median_ms": timing["median_ms"], "iqr_ms": timing["iqr_ms"], "peak_delta_mb": memory["peak_delta_mb"]}
+        out[name] = {"median_ms": timing["median_ms"], "iqr_ms": timing["iqr_ms"], "times_ms": timing["times_ms"]}
+        if args.device == "cuda":
+            out[name]["peak_delta_mb"] = memory["peak_delta_mb"]
+    # The activations a training iteration keeps for its backward (storages saved by autograd): what
+    # grows with B x K; the CPU's peak RSS of one process running several rows does not show it.
+    out["train"]["saved_for_backward_mb"] = sum(saved.values()) / 2**20
     return out
 
 
@@ -154,8 +166,8 @@ def main() -> Dict[str, Any]:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="autocast (CUDA; as tools/benchmark.py --amp)")
     p.add_argument("--batches", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--paired-size", type=parse_size, default=None, metavar="WxH",
                    help="also time whole models (pre / post, none / post) in alternating rounds at this size")
