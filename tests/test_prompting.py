@@ -201,3 +201,21 @@ def test_pre_through_the_predictor_with_a_vocabulary_swap_and_export_says_it_is_
     assert names == ["sofa", "cup", "tree"] and maps.shape == (3, 90, 120)
     with pytest.raises(ValueError, match="PROMPTING 'pre' cannot be exported"):
         export_model(predictor.model, cfg, str(tmp_path), fmt="torchscript")
+
+
+def test_pre_in_the_web_page_with_a_vocabulary_swap(tmp_path):
+    import cv2
+
+    from denseclip.predictor import DenseCLIPPredictor
+    from denseclip.web_demo import WebDemoSession
+
+    cfg = load_config(LANGUAGE_RETINANET, TINY + ["MODEL.DENSECLIP.CLASS_NAMES", ["cat", "dog"], "MODEL.DENSECLIP.PROMPTING", "pre",
+                                                  "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128])
+    session = WebDemoSession(DenseCLIPPredictor(cfg))
+    photo = str(tmp_path / "photo.png")
+    cv2.imwrite(photo, (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8))
+    for vocabulary in ("cat,dog", "sofa,cup,tree"):
+        result = session.run(photo, vocabulary, 0.0, "score map (heat map)")
+        assert result.ok, result.message
+        assert sorted(result.score_map_classes) == sorted(vocabulary.split(","))
+    assert session.class_names == ["sofa", "cup", "tree"]
