@@ -29,7 +29,7 @@ from benchmarking.cli import build_parser as benchmark_parser  # noqa: E402
 from benchmarking.cli import parse_size  # noqa: E402
 from benchmarking.components import count_parameters  # noqa: E402
 from benchmarking.configs import PAPER_FLOPS_SIZE, SEGMENTATION_FLOPS_SIZE, load_config  # noqa: E402
-from benchmarking.flops import _import_flop_count_analysis, _sdpa_flop_jit  # noqa: E402
+from benchmarking.flops import _import_flop_count_analysis, flop_analysis  # noqa: E402
 from benchmarking.memory import measure_memory  # noqa: E402
 from benchmarking.paired import paired_ratios  # noqa: E402
 from benchmarking.timing import autocast_context, time_phase  # noqa: E402
@@ -99,11 +99,7 @@ def variant_cost(cfg, num_classes: int, flops_size) -> Dict[str, Any]:
     with torch.no_grad():
         wrapper = _TextSideOnImage(side).eval()
         wrapper(*inputs)  # fills the text cache of post / none
-        analysis = _import_flop_count_analysis()(wrapper, inputs)
-        analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_flop_jit})
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        analysis.tracer_warnings("none")
+        analysis = flop_analysis(_import_flop_count_analysis(), wrapper, inputs)
         by_module = analysis.by_module()
         total = analysis.total()
     assert len(side.vocabulary) == num_classes
