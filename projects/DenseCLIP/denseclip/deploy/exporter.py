@@ -42,8 +42,6 @@ FORMATS = ("onnx", "torch.export", "torchscript")
 EXTENSIONS = {"onnx": ".onnx", "torch.export": ".pt2", "torchscript": ".ts"}
 MANIFEST = "denseclip_export.json"
 CONFIG = "config.yaml"
-# Opset of the dynamo exporter's translation that ONNX Runtime 1.2x runs (RoiAlign, Resize cubic).
-ONNX_OPSET = 18
 # Bounds of the dynamic image sides, in units of the size divisibility.
 MIN_SIDE_UNITS = 2
 MAX_SIDE_UNITS = 128
@@ -115,22 +113,6 @@ def _pooled_channels(model: nn.Module) -> int:
     return shapes[model.roi_heads.box_in_features[0]].channels
 
 
-def _export_onnx(spec: GraphSpec, path: str, metadata: Dict[str, str]) -> None:
-    program = torch.onnx.export(
-        spec.module,
-        spec.example_inputs,
-        dynamo=True,
-        input_names=spec.input_names,
-        output_names=spec.output_names,
-        dynamic_shapes=_dynamic_shapes(spec),
-        opset_version=ONNX_OPSET,
-        verbose=False,
-    )
-    program.model.metadata_props.update(metadata)
-    size = sum(p.numel() * p.element_size() for p in spec.module.parameters())
-    program.save(path, external_data=size > 1_800_000_000)  # protobuf's 2 GB limit
-
-
 def _dynamic_shapes(spec: GraphSpec) -> Tuple[Dict[int, Any], ...]:
     """Per positional input: its dynamic dims (empty: static)."""
     return tuple(spec.dynamic.get(name, {}) for name in spec.input_names)
@@ -154,7 +136,7 @@ def _export_torchscript(spec: GraphSpec, path: str, metadata: Dict[str, str]) ->
     torch.jit.save(traced, path, _extra_files={MANIFEST: json.dumps(metadata)})
 
 
-_EXPORTERS = {"onnx": _export_onnx, "torch.export": _export_torch_export, "torchscript": _export_torchscript}
+_EXPORTERS = {"torch.export": _export_torch_export, "torchscript": _export_torchscript}
 
 
 def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "onnx") -> Dict[str, Any]:
@@ -243,12 +225,9 @@ def score_threshold(cfg: CfgNode) -> float:
 
 
 def _require_onnx_exporter() -> None:
-    missing = [name for name in ("onnx", "onnxscript") if not _importable(name)]
-    if missing:
-        raise ImportError(
-            f"--format onnx needs {' and '.join(missing)} (torch.onnx's dynamo exporter): "
-            "pip install -e '.[deploy]' (pinned versions in setup.py)"
-        )
+    if not _importable("onnx"):
+        raise ImportError("--format onnx needs onnx (the graph is checked and fixed with it): pip install -e '.[deploy]' "
+                          "(pinned versions in setup.py)")
 
 
 def _importable(name: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List
 
 import torch
+
 from .end_to_end import PixelsGraph
 
 # ONNX Runtime 1.2x runs it; RoiAlign's half-pixel mode (Detectron2's aligned ROIAlign) needs >= 16.

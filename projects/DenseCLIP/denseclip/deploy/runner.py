@@ -31,8 +31,7 @@ from torch import nn
 from ..config import add_denseclip_config
 from ..modeling.pixel_text import score_map_probabilities
 from ..predictor import DenseCLIPPredictor, parse_vocabulary
-from .exporter import MANIFEST
-from .exporter import score_threshold
+from .exporter import MANIFEST, score_threshold
 from .postprocess import Decoder, EndToEndDetections, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
 from .runtime import load_graph
 
