@@ -109,7 +109,8 @@ def benchmark(name: str, iters: int, threads: int, int8: bool) -> dict:
             os.makedirs(int8_folder)
             for file in ("denseclip_export.json", "config.yaml"):
                 os.link(os.path.join(folder, file), os.path.join(int8_folder, file))
-            quantize_dynamic(os.path.join(folder, "model.onnx"), os.path.join(int8_folder, "model.onnx"), weight_type=QuantType.QInt8)
+            quantize_dynamic(os.path.join(folder, "model.onnx"), os.path.join(int8_folder, "model.onnx"), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
             exports["onnxruntime_int8"] = onnx_infer.Export(int8_folder, threads)
             onnx_int8_bytes = os.path.getsize(os.path.join(int8_folder, "model.onnx"))
         for key, export in exports.items():

@@ -1,7 +1,7 @@
 """``--format onnx``: one ONNX graph per model, pixels to final outputs (:mod:`.end_to_end`).
 
 Exporter: torch.onnx's TorchScript-based exporter (``dynamo=False``), which traces the model's own
-inference code. Why not the dynamo exporter (the split graphs' exporter, :mod:`.exporter`): the
+inference code. Why not the dynamo exporter (torch.export, which ``--format torch.export`` uses): the
 post-processing has data-dependent sizes (score thresholds, NMS, ROI level assignment), which
 torch.export must prove things about (unbacked sizes) and which Detectron2's code, written for
 tracing, does not provide; tracing records them as ONNX ``NonZero`` / ``TopK`` /
@@ -14,6 +14,7 @@ image, so each such ``Split`` has one output, the whole input: it becomes an ``I
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Iterable, List
 
 import torch
@@ -41,8 +42,11 @@ def export_end_to_end(graph: PixelsGraph, path: str, metadata: Dict[str, str], f
     dynamic_axes = {graph.input_names[0]: {0: "height", 1: "width"}}
     for name in graph.output_names:
         dynamic_axes[name] = {0: "detections"} if name in ("boxes", "scores", "classes", "mask_probs") else {}
-    torch.onnx.export(graph, (image,), path, dynamo=False, opset_version=END_TO_END_OPSET, input_names=graph.input_names,
-                      output_names=graph.output_names, dynamic_axes=dynamic_axes)
+    with warnings.catch_warnings():
+        # Detectron2's shape checks and asserts, recorded as constants: true for every input size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(graph, (image,), path, dynamo=False, opset_version=END_TO_END_OPSET, input_names=graph.input_names,
+                          output_names=graph.output_names, dynamic_axes=dynamic_axes)
     model = onnx.load(path)
     single_image_splits_to_identity(model.graph.node)
     drop_unused_initializers(model.graph)
