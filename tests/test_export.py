@@ -284,3 +284,11 @@ def test_runner_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"\.\[deploy\]"):
         import_onnxruntime()
+    sys.path.insert(0, str(REPO_ROOT / "tools" / "deploy"))
+    import onnx_infer
+
+    with pytest.raises(onnx_infer.ExportError, match="denseclip_export.json is missing"):
+        onnx_infer.Export(str(tmp_path))
+    (tmp_path / "denseclip_export.json").write_text(json.dumps({"format": "torch.export", "layout": "parts"}))
+    with pytest.raises(onnx_infer.ExportError, match="takes --format onnx exports"):
+        onnx_infer.Export(str(tmp_path))

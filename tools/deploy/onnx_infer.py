@@ -82,8 +82,6 @@ class Export:
     """An end-to-end ONNX export: its manifest and an ONNX Runtime session of ``model.onnx``."""
 
     def __init__(self, folder: str, threads: int = 0):
-        import onnxruntime
-
         path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(path):
             raise ExportError(f"'{folder}' is not a DenseCLIP export: {path} is missing (tools/deploy/export_model.py)")
@@ -92,8 +90,13 @@ class Export:
         if self.manifest.get("layout") != "end_to_end":
             raise ExportError(f"'{folder}' was exported with --format {self.manifest['format']}: this runner takes "
                               "--format onnx exports (one graph, pixels to outputs)")
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ExportError("running an ONNX export needs ONNX Runtime: pip install onnxruntime numpy pillow") from e
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: not the constants its graph optimizer drops
         graph = self.manifest["graphs"]["model"]
         self.session = onnxruntime.InferenceSession(os.path.join(folder, graph["file"]), options,
                                                     providers=["CPUExecutionProvider"])
