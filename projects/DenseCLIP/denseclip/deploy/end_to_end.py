@@ -64,10 +64,6 @@ class PixelsGraph(nn.Module):
     def language_guided(self) -> bool:
         return bool(self.model.language_guided)
 
-    @property
-    def class_text(self) -> torch.Tensor:
-        return self.model.text_side.constant_text
-
     def model_input(self, image: torch.Tensor) -> torch.Tensor:
         chw = image.permute(2, 0, 1).float()
         return chw.flip(0) if self.bgr else chw
