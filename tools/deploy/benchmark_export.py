@@ -59,19 +59,24 @@ def run_onnx(onnx_infer, export, photo_rgb):
 
 
 def distance(reference: dict, other: dict) -> dict:
-    """How far ``other`` (ONNX Runtime predictions, NumPy) is from ``reference``: detections kept
-    by both, same labels in the same order, largest box and score differences; segmentation: the
-    fraction of pixels with the same class."""
+    """How far ``other`` (ONNX Runtime predictions, NumPy) is from ``reference``: detection counts,
+    the same classes (as multisets), the largest score difference (sorted scores) and the largest
+    distance of a reference box to the nearest box of its class in ``other`` (random weights give
+    tied scores, whose order is float noise); segmentation: the fraction of pixels with the same class."""
     import numpy as np
 
     if "sem_seg" in reference:
         return {"argmax_agreement": float((reference["sem_seg"].argmax(0) == other["sem_seg"].argmax(0)).mean())}
-    n = min(len(reference["scores"]), len(other["scores"]))
+    counts = [int(len(reference["scores"])), int(len(other["scores"]))]
+    if counts[0] != counts[1]:
+        return {"detections": counts}
+    box_diff = np.abs(reference["boxes"][:, None] - other["boxes"][None]).max(-1, initial=0)
+    box_diff = np.where(reference["classes"][:, None] == other["classes"][None], box_diff, np.inf)
     return {
-        "detections": [int(len(reference["scores"])), int(len(other["scores"]))],
-        "labels_equal": bool(len(reference["scores"]) == len(other["scores"]) and (reference["classes"] == other["classes"]).all()),
-        "max_box_diff": float(np.abs(reference["boxes"][:n] - other["boxes"][:n]).max(initial=0)),
-        "max_score_diff": float(np.abs(reference["scores"][:n] - other["scores"][:n]).max(initial=0)),
+        "detections": counts,
+        "same_classes": bool((np.sort(reference["classes"]) == np.sort(other["classes"])).all()),
+        "max_score_diff": float(np.abs(np.sort(reference["scores"]) - np.sort(other["scores"])).max(initial=0)),
+        "max_box_diff_nearest_same_class": float(box_diff.min(1, initial=np.inf).max(initial=0)) if counts[0] else 0.0,
     }
 
 
