@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -117,7 +117,7 @@ class Export:
 
 
 # --------------------------------------------------------------------------------------- detectors
-def detect(export: Export, photo: np.ndarray, threshold: float = None) -> Dict[str, np.ndarray]:
+def detect(export: Export, photo: np.ndarray, threshold: Optional[float] = None) -> Dict[str, np.ndarray]:
     """Detections in the photo's pixels: ``boxes`` (N x 4), ``scores``, ``classes`` and, for Mask
     R-CNN, ``masks`` (N x H x W bool)."""
     exported = export.manifest["score_threshold"]
