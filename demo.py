@@ -21,9 +21,9 @@ import sys
 def main(argv=None) -> int:
     from detectron2.utils.logger import setup_logger
 
+    from denseclip.checkpoint import IncompatibleCheckpointError
     from denseclip.cli_errors import one_line
     from denseclip.demo_cli import DemoError, get_parser, run_demo
-    from denseclip.engine import IncompatibleCheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     web = "--web" in (argv[: argv.index("--opts")] if "--opts" in argv else argv)

@@ -28,6 +28,7 @@ from denseclip.engine import (
     redirect_evaluation_output,
     setup,
 )
+from denseclip.modeling.vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
 from denseclip.reference_checkpoint import ReferenceCheckpointError
 
 
@@ -53,10 +54,11 @@ def exported_model(path: str, cfg) -> Any:
     from denseclip.deploy import ExportedModel
 
     model = ExportedModel(path)
-    if model.class_names != list(cfg.MODEL.DENSECLIP.CLASS_NAMES):
+    names = vocabulary_from_config(cfg, VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE, "thing"))
+    if model.class_names != names:
         raise ConfigError(
             f"--onnx {path}: the export detects {len(model.class_names)} classes ({', '.join(model.class_names[:5])}, ...), "
-            f"the config's datasets {len(cfg.MODEL.DENSECLIP.CLASS_NAMES)} ({', '.join(cfg.MODEL.DENSECLIP.CLASS_NAMES[:5])}, ...)"
+            f"the config's datasets {len(names)} ({', '.join(names[:5])}, ...)"
         )
     return model
 

@@ -21,7 +21,7 @@ from denseclip import add_denseclip_config
 from denseclip.backbone import CLIP_DENSE, CLIP_GLOBAL, attention_pool_tokens, build_language_guided_backbone, clip_attention_pool
 from denseclip.backbone.build import text_embed_dim
 from denseclip.clip_loading import register_model_config
-from denseclip.engine import build_config, build_optimizer
+from denseclip.engine import build_config, build_optimizer, model_parameter_groups
 
 # Small stand-ins with the configs' architectures: a thin ResNet (the depth of the config, 1/8 of
 # the width), RN-tiny's text tower (256-d) instead of ViT-B-16's.
@@ -106,7 +106,7 @@ def test_denseclip_config_differs_from_its_baseline_only_by_denseclip(config_fil
         if isinstance(a, dict) and "NUM_CLASSES" in a:  # DenseCLIP: 0 = the vocabulary's size
             a.pop("NUM_CLASSES"), b.pop("NUM_CLASSES")
         assert a == b, key
-    assert denseclip.MODEL.DENSECLIP.IMAGE_ENCODER == "build_language_guided_backbone"
+    assert denseclip.MODEL.BACKBONE.NAME == "build_language_guided_backbone"  # the image encoder
     for path in (config_file, config_file.replace("denseclip_", "")):  # train_net's route accepts both
         build_config(str(CONFIG_DIR / path), ["MODEL.DEVICE", "cpu"])
 
@@ -136,6 +136,32 @@ def test_config_builds_and_trains(config_file, thin_swin):
     assert all(not torch.equal(b, p) for b, p in zip(before, watched))
 
 
+# The language-guided heads on an ImageNet encoder whose text tower is not MODEL.CLIP's: the configs'
+# ViT-B-16 (512-d) named in MODEL.CLIP, RN-tiny's (256-d) in MODEL.DENSECLIP.TEXT_ENCODER_MODEL.
+OTHER_TEXT_TOWER = ["MODEL.CLIP.MODEL_NAME", "ViT-B-16", "MODEL.DENSECLIP.TEXT_ENCODER_MODEL", "RN-tiny",
+                    "MODEL.DENSECLIP.HEAD", "language"]
+LANGUAGE_HEADS = {  # config -> (extra options, the head's text-width layer)
+    "COCO/mask_rcnn_denseclip_R50-IN1k_FPN_1x.yaml": (
+        ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", True],
+        lambda m: m.roi_heads.box_predictor.cls_score.out_features),
+    "COCO/retinanet_denseclip_R50-IN1k_FPN_1x.yaml": ([], lambda m: m.head.text_proj.in_features),
+    "ADE20K/semantic_fpn_denseclip_R50-IN1k_512x512_80k.yaml": (
+        ["MODEL.SEM_SEG_HEAD.NAME", "LanguageGuidedSemanticFPNHead"], lambda m: m.sem_seg_head.predictor.out_channels),
+}
+
+
+@pytest.mark.parametrize("config_file", LANGUAGE_HEADS)
+def test_language_heads_take_the_width_of_the_text_tower_in_use(config_file):
+    """One function gives the text width (text_embed_dim: MODEL.DENSECLIP.TEXT_ENCODER_MODEL when set)
+    to the attention pool and to the heads alike, so the language-guided heads fit the text."""
+    opts, head_width = LANGUAGE_HEADS[config_file]
+    cfg = d2_cfg(config_file, OTHER_TEXT_TOWER + opts)
+    assert text_embed_dim(cfg) == 256 and open_clip.get_model_config("ViT-B-16")["embed_dim"] == 512
+    model = build_model(cfg)
+    assert model.language_guided and model.backbone.attnpool.c_proj.out_features == 256 and head_width(model) == 256
+    train(model, cfg, steps=1, segmentation="semantic_fpn" in config_file)
+
+
 def test_gradients_reach_pool_context_and_decoder_not_the_text_tower():
     cfg = d2_cfg("COCO/mask_rcnn_denseclip_R50-IN1k_FPN_1x.yaml")
     model = build_model(cfg)
@@ -149,7 +175,7 @@ def test_gradients_reach_pool_context_and_decoder_not_the_text_tower():
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     tower = [n for n in grads if n.startswith("text_side.prompt_encoder.clip_text.")]
     assert tower and all(grads[n] is None and not model.get_parameter(n).requires_grad for n in tower)
-    groups = model.parameter_groups()
+    groups = model_parameter_groups(model)
     assert any(n == "backbone.attnpool.c_proj.weight" for n, _ in groups["image_encoder"])
 
 

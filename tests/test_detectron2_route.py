@@ -72,8 +72,28 @@ def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is
     model = build_model(plain_cfg(LANGUAGE_RETINANET, [*TINY, "MODEL.DENSECLIP.CLASS_NAMES", names,
                                                        "MODEL.RETINANET.NUM_CLASSES", 3]))
     assert head_num_classes(model) == 3
-    with pytest.raises(ValueError, match=r"MODEL.BACKBONE.NAME must build one \(build_denseclip_backbone"):
-        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_backbone"]))
+    # MODEL.BACKBONE.NAME names the image encoder: one emitting CLIP's embeddings.
+    with pytest.raises(ValueError, match=r"image encoder must emit CLIP embeddings \(clip_dense\): MODEL.BACKBONE.NAME"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_clip_fpn_backbone"]))
+    with pytest.raises(ValueError, match=r"MODEL.ROI_HEADS.NAME 'StandardROIHeads' does not declare its per-class tensors"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.ROI_HEADS.NAME", "StandardROIHeads"]))
+    # The first versions' DenseCLIP backbones (built, then taken apart) are named as gone.
+    with pytest.raises(ValueError, match=r"'build_denseclip_backbone' is not a registered .* build_denseclip_\*_backbone are gone"):
+        build_model(plain_cfg(PAPER, [*TINY, "MODEL.BACKBONE.NAME", "build_denseclip_backbone"]))
+
+
+def test_the_vocabulary_is_an_argument_of_the_build_and_never_written_into_the_config():
+    from denseclip.modeling import build_denseclip_model
+
+    cfg = plain_cfg(PAPER, [*TINY, "DATASETS.TRAIN", ()])  # no class names anywhere in the config
+    model = build_denseclip_model(cfg, vocabulary=["cat", "dog"])
+    assert model.class_names == ["cat", "dog"] and head_num_classes(model) == 2
+    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == [] and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 0
+    # The argument wins over the config's names; a meta-architecture without a vocabulary takes none.
+    named = plain_cfg(LANGUAGE_RETINANET, [*TINY, "MODEL.DENSECLIP.CLASS_NAMES", ["a", "b", "c"]])
+    assert build_denseclip_model(named, ["sofa"]).class_names == ["sofa"]
+    with pytest.raises(ValueError, match=r"'GeneralizedRCNN' takes no vocabulary"):
+        build_denseclip_model(plain_cfg("COCO/mask_rcnn_R50_FPN_1x_detectron2.yaml"), ["cat"])
 
 
 def test_no_class_names_and_no_dataset_is_one_error_naming_both_ways():

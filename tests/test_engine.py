@@ -40,6 +40,7 @@ from denseclip.engine import (
     launch,
     merge_config_file,
     merge_overrides,
+    model_parameter_groups,
     resolve_step_fractions,
     setup,
 )
@@ -142,32 +143,33 @@ def training_metrics(out: Path) -> List[Dict[str, Any]]:
 
 
 class ToyCLIPDetector(nn.Module):
-    """Parts like the real models: an image encoder under ``backbone.bottom_up``, a text tower
-    (frozen unless asked), learnable context, a positional embedding, a gamma, norm layers and a
-    head; the model names the role of each parameter, as DenseCLIP models do."""
+    """Parts laid out like the real DenseCLIP models': the image encoder as ``backbone``, a text side
+    with CLIP's text tower (frozen unless asked) and a learnable context, a positional embedding, a
+    gamma, an FPN conv, norm layers and a head."""
 
     def __init__(self, freeze_text_tower: bool = True) -> None:
         super().__init__()
-        self.backbone = nn.Module()
-        self.backbone.bottom_up = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        self.backbone.fpn_lateral = nn.Conv2d(4, 4, 1)
-        self.text_tower = nn.Module()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.fpn_lateral = nn.Conv2d(4, 4, 1)
+        self.text_side = nn.Module()
+        self.text_side.prompt_encoder = nn.Module()
+        self.text_side.prompt_encoder.clip_text = nn.Module()
         self.text_tower.proj = nn.Linear(4, 4)
         self.text_tower.positional_embedding = nn.Parameter(torch.randn(5, 4))
         self.text_tower.requires_grad_(not freeze_text_tower)
-        self.context = nn.Parameter(torch.randn(8, 4))  # learnable prompt
+        self.text_side.prompt_encoder.context = nn.Parameter(torch.randn(8, 4))  # learnable prompt
         self.gamma = nn.Parameter(torch.full((4,), 1e-4))
         self.context_decoder = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
         self.head = nn.Linear(4, 3)
 
-    def parameter_groups(self):
-        roles = {"backbone.bottom_up": "image_encoder", "text_tower": "text_tower", "context": "text_prompt"}
-        groups = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
-        for name, p in self.named_parameters():
-            role = next((r for prefix, r in roles.items() if name == prefix or name.startswith(prefix + ".")), "rest")
-            groups[role].append((name, p))
-        return groups
+    @property
+    def text_tower(self) -> nn.Module:
+        return self.text_side.prompt_encoder.clip_text
+
+    @property
+    def context(self) -> nn.Parameter:
+        return self.text_side.prompt_encoder.context
 
 
 def lr_and_wd(optimizer: torch.optim.Optimizer) -> Dict[nn.Parameter, Dict[str, float]]:
@@ -220,7 +222,7 @@ def test_param_groups_of_a_denseclip_model(make_cfg):
     decoder = [n for n in named if n.startswith("text_side.context_decoder.") and n.endswith("weight")
                and named[n].ndim == 2]
     assert decoder and all(groups[named[n]]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY for n in decoder)
-    roles = model.parameter_groups()
+    roles = model_parameter_groups(model)
     assert sum(len(v) for v in roles.values()) == len(named)
     assert {n for n, _ in roles["text_tower"]} == set(tower)
     assert [n for n, _ in roles["text_prompt"]] == ["text_side.prompt_encoder.context"]
@@ -259,15 +261,15 @@ def test_text_encoder_multiplier_and_embeddings(make_cfg):
     # Multiplier 0: the frozen text tower is left out of the optimizer entirely; not its prompt.
     assert all(p not in groups for p in model.text_tower.parameters())
     assert groups[model.context] == {"lr": pytest.approx(base), "weight_decay": 0.0}
-    assert groups[model.backbone.bottom_up[0].weight]["lr"] == pytest.approx(0.1 * base)
-    assert groups[model.backbone.fpn_lateral.weight]["lr"] == pytest.approx(base)
+    assert groups[model.backbone[0].weight]["lr"] == pytest.approx(0.1 * base)
+    assert groups[model.fpn_lateral.weight]["lr"] == pytest.approx(base)
     assert groups[model.head.weight] == {"lr": pytest.approx(base), "weight_decay": pytest.approx(0.05)}
     assert groups[model.head.bias]["weight_decay"] == pytest.approx(0.05)  # WEIGHT_DECAY_BIAS unset
     assert groups[model.context_decoder.weight]["weight_decay"] == pytest.approx(0.05)
-    for no_decay in (model.context, model.gamma, model.norm.weight, model.backbone.bottom_up[1].weight):
+    for no_decay in (model.context, model.gamma, model.norm.weight, model.backbone[1].weight):
         assert groups[no_decay]["weight_decay"] == 0.0
     # A trainable text tower with multiplier 0 is a contradiction, not a silent freeze.
-    with pytest.raises(ValueError, match=r"text_tower\.\w+.*multiplier is 0"):
+    with pytest.raises(ValueError, match=r"clip_text\.\w+.*\(text_tower\).*multiplier is 0"):
         build_optimizer(cfg, ToyCLIPDetector(freeze_text_tower=False))
 
     cfg = make_cfg(RETINANET, ["SOLVER.TEXT_ENCODER_MULTIPLIER", "0.5", "SOLVER.OPTIMIZER", "SGD"])
@@ -288,7 +290,7 @@ def test_full_model_gradient_clipping_bounds_total_norm(make_cfg):
     model = ToyCLIPDetector()
     optimizer = build_optimizer(cfg, model)
     x = torch.randn(2, 3, 8, 8)
-    features = model.context_decoder(model.backbone.fpn_lateral(model.backbone.bottom_up(x)).mean((2, 3)))
+    features = model.context_decoder(model.fpn_lateral(model.backbone(x)).mean((2, 3)))
     features = features * model.gamma
     loss = 1e3 * (model.head(model.norm(features)).sum() + model.context.sum())
     loss.backward()

@@ -9,11 +9,10 @@ from conftest import load_config
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
+from denseclip.checkpoint import read_checkpoint
 from denseclip.data import register_datasets_from_config
 from denseclip.engine import AtomicDetectionCheckpointer, build_config
-from denseclip.engine.checkpoint import checkpoint_vocabulary
-from denseclip.modeling import vocabulary_from_config
-from denseclip.modeling.vocabulary import record_vocabulary
+from denseclip.modeling import check_run_vocabulary, vocabulary_from_config
 
 TINY = ["MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json", "MODEL.FPN.OUT_CHANNELS", 32,
         "MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "MODEL.ROI_MASK_HEAD.CONV_DIM", 32]
@@ -41,7 +40,7 @@ def test_checkpoint_records_its_vocabulary_safely(tmp_path):
     model = tiny_model(LANGUAGE, ["cat", "dog"])
     path = save(model, tmp_path / "model_final.pth")
     assert torch.load(path, weights_only=True)["vocabulary"] == ["cat", "dog"]
-    assert checkpoint_vocabulary(path) == ["cat", "dog"]
+    assert read_checkpoint(path)["vocabulary"] == ["cat", "dog"]
 
 
 @pytest.mark.parametrize("config_file", [LANGUAGE, PAPER])
@@ -108,26 +107,43 @@ def test_predictor_names_come_from_weights_when_nothing_else_names_them(tmp_path
     opts = TINY + ["DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu"]
     cfg = build_config(f"configs/{LANGUAGE}", opts)
     assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == []  # building a config opens no checkpoint
-    assert predictor_vocabulary(cfg) == ["cat", "dog"]
+    assert predictor_vocabulary(cfg, checkpoint=read_checkpoint(path)) == ["cat", "dog"]
     with pytest.raises(ValueError, match="Cannot determine the class names"):
         predictor_vocabulary(build_config(f"configs/{LANGUAGE}", opts[:-4]))
 
 
+def test_predictor_reads_the_weights_once_and_writes_no_vocabulary_into_its_config(tmp_path, monkeypatch):
+    from denseclip.predictor import DenseCLIPPredictor
+
+    path = save(tiny_model(LANGUAGE, ["cat", "dog"]), tmp_path / "model_final.pth")
+    opts = ["MODEL.CLIP.PRETRAINED", "", "DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu"]
+    cfg = build_config(f"configs/{LANGUAGE}", TINY + opts)
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(f) or load(f, *a, **k))
+    predictor = DenseCLIPPredictor(cfg, vocabulary=["sofa", "cat"])
+    assert reads == [path]  # the vocabulary (cat, dog) and the weights come from one read
+    assert predictor.class_names == ["sofa", "cat"]
+    assert list(predictor.cfg.MODEL.DENSECLIP.CLASS_NAMES) == [] and list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == []
+
+
 def test_run_config_yaml_is_reusable(tmp_path):
-    """What default_setup dumps (OUTPUT_DIR/config.yaml) names the classes and registers the datasets."""
+    """What default_setup dumps (OUTPUT_DIR/config.yaml) registers the datasets, whose classes are the
+    model's: the vocabulary is never written into a config (checkpoints record it)."""
     from denseclip.data import generate_synthetic_dataset
 
     paths = generate_synthetic_dataset(str(tmp_path / "shapes"), num_train=2, num_val=1, image_size=64)
     spec = f"vocab_yaml_train={paths['train_json']}:{paths['train_image_root']}"
     cfg = build_config(f"configs/{LANGUAGE}", TINY + ["DATASETS.TRAIN", ("vocab_yaml_train",), "DATASETS.TEST", (), "MODEL.DEVICE", "cpu"])
     register_datasets_from_config(cfg, [spec])
-    record_vocabulary(cfg)  # what train_net's setup does
+    check_run_vocabulary(cfg)  # what train_net's setup does
+    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == []
     dumped = tmp_path / "config.yaml"
     dumped.write_text(cfg.dump())
     again = build_config(str(dumped))
-    assert list(again.MODEL.DENSECLIP.CLASS_NAMES) == list(cfg.MODEL.DENSECLIP.CLASS_NAMES)
-    assert len(again.MODEL.DENSECLIP.CLASS_NAMES) == 8 and list(again.DATASETS.REGISTER) == [spec]
+    assert list(again.DATASETS.REGISTER) == [spec]
     assert register_datasets_from_config(again)[0] == "vocab_yaml_train"
+    assert vocabulary_from_config(again) == vocabulary_from_config(cfg) and len(vocabulary_from_config(again)) == 8
 
 
 def test_detectron2_registration_and_builtin_names(tmp_path):
@@ -166,11 +182,11 @@ def test_stale_class_names_of_another_size_are_an_error(tmp_path):
     cfg = build_config(f"configs/{LANGUAGE}", opts)
     register_datasets_from_config(cfg, [spec])
     with pytest.raises(ValueError, match=r"CLASS_NAMES has 2 names but DATASETS.TRAIN 'vocab_stale_train' has 8"):
-        record_vocabulary(cfg)
+        check_run_vocabulary(cfg)
     renamed = [f"shape {i}" for i in range(8)]  # other prompts for the same 8 classes are fine
     cfg = build_config(f"configs/{LANGUAGE}", opts[:-1] + [renamed] + ["DATASETS.TEST", ()])
-    record_vocabulary(cfg)
-    assert list(cfg.MODEL.DENSECLIP.CLASS_NAMES) == renamed
+    check_run_vocabulary(cfg)
+    assert vocabulary_from_config(cfg) == renamed
 
 
 def test_vocabulary_swap_after_loading_starts_from_the_loaded_weights(tmp_path):

@@ -52,7 +52,7 @@ def convert(source: str, output: str, config_file: str = "", opts=()) -> str:
     """Convert ``source`` into ``output`` (written only once every check passed); the summary line."""
     import torch
 
-    from denseclip.engine.checkpoint import atomic_write
+    from denseclip.checkpoint import atomic_write
     from denseclip.reference_checkpoint import convert_reference_state_dict, detect_reference_layout
     from denseclip.reference_checkpoint_files import (
         check_conversion_is_complete,

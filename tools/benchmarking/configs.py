@@ -79,9 +79,9 @@ def describe_config(cfg) -> Dict[str, Any]:
     # DenseCLIP on an ImageNet backbone (README, "Any backbone") and its plain baseline ("in1k").
     in1k_encoder = cfg.MODEL.TIMM.MODEL_NAME if cfg.MODEL.ANY_BACKBONE.BOTTOM_UP == "build_timm_backbone" else (
         f"R{cfg.MODEL.RESNETS.DEPTH}-IN1k")
-    if arch in DENSECLIP_META_ARCHS or backbone.startswith("build_denseclip"):
+    if arch in DENSECLIP_META_ARCHS:  # MODEL.BACKBONE.NAME is the image encoder
         variant = "denseclip"
-        encoder = cfg.MODEL.CLIP.MODEL_NAME if cfg.MODEL.DENSECLIP.IMAGE_ENCODER == "build_clip_backbone" else in1k_encoder
+        encoder = cfg.MODEL.CLIP.MODEL_NAME if backbone == "build_clip_backbone" else in1k_encoder
     elif backbone.startswith("build_bottom_up"):
         variant, encoder = "in1k", in1k_encoder
     elif backbone.startswith("build_clip"):

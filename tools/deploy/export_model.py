@@ -80,10 +80,10 @@ def main(argv=None) -> int:
     logger = setup_logger(name="denseclip", abbrev_name="denseclip")
 
     from denseclip.cli_errors import one_line_errors
+    from denseclip.config_building import ConfigError
     from denseclip.demo_cli import setup_cfg
     from denseclip.deploy import ExportedPredictor, export_model
     from denseclip.deploy.parity import compare_predictions
-    from denseclip.engine import ConfigError
     from denseclip.predictor import DenseCLIPPredictor
 
     if args.sample_image:

@@ -33,7 +33,7 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # CLIP backbones (build_clip_*): keep the attention pool, whose dense/global embeddings the
     # CLIP backbone then outputs too. The "CLIP baseline" configs drop it, as the paper's RN50-CLIP
-    # rows do; DenseCLIP's backbones (build_denseclip_*) always keep it.
+    # rows do; DenseCLIP's meta-architectures always keep it.
     _C.MODEL.CLIP.WITH_ATTENTION_POOL = False
     # CLIP ResNets: how the attention pool's positional embedding (CLIP's 7x7 grid) fits a res5 grid
     # of any size. "interpolate" (this project's default): bicubic resize of CLIP's grid to every
@@ -61,8 +61,8 @@ def add_denseclip_config(cfg: CN) -> None:
     # ---------------------------------------------------------------- any backbone (issue 20)
     # DenseCLIP on an image encoder that is not CLIP's (paper section 4.3): a Detectron2 backbone
     # ("bottom-up": res2..res5) plus a new, randomly initialised CLIP-style attention pool on its last
-    # stage that maps it into the text tower's embedding space (MODEL.DENSECLIP.IMAGE_ENCODER
-    # "build_language_guided_backbone"); the plain baselines put the same bottom-up under an FPN
+    # stage that maps it into the text tower's embedding space (MODEL.BACKBONE.NAME
+    # "build_language_guided_backbone" of a DenseCLIP meta-architecture); the plain baselines put the same bottom-up under an FPN
     # (MODEL.BACKBONE.NAME "build_bottom_up_fpn_backbone", "build_bottom_up_retinanet_fpn_backbone",
     # "build_bottom_up_semantic_fpn_backbone").
     _C.MODEL.ANY_BACKBONE = CN()
@@ -107,9 +107,14 @@ def add_denseclip_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- DenseCLIP
     _C.MODEL.DENSECLIP = CN()
-    # Vocabulary; empty = thing_classes of the metadata of DATASETS.TRAIN[0]
-    # (denseclip.modeling.vocabulary_from_config). The heads' NUM_CLASSES (MODEL.ROI_HEADS /
-    # MODEL.RETINANET) of the DenseCLIP configs is 0 = the vocabulary's size.
+    # Vocabulary of a model built without one (denseclip.modeling.build_denseclip_model's argument);
+    # empty = thing_classes (stuff_classes for segmentation) of the metadata of DATASETS.TRAIN[0]
+    # (denseclip.modeling.vocabulary_from_config). Only read, never written. The heads' NUM_CLASSES
+    # (MODEL.ROI_HEADS / MODEL.RETINANET / MODEL.SEM_SEG_HEAD) of the DenseCLIP configs is 0 = the
+    # vocabulary's size. A DenseCLIP config names its image encoder in MODEL.BACKBONE.NAME: a
+    # registered Detectron2 backbone emitting CLIP's embeddings (clip_dense, clip_global) besides
+    # res2..res5, "build_clip_backbone" (CLIP's own, MODEL.CLIP) or "build_language_guided_backbone"
+    # (any backbone with a new attention pool, MODEL.ANY_BACKBONE).
     _C.MODEL.DENSECLIP.CLASS_NAMES = []
     # "learnable" (CoOp context vectors, the reference) or "template" (fixed text prompt).
     _C.MODEL.DENSECLIP.PROMPT = "learnable"
@@ -125,10 +130,6 @@ def add_denseclip_config(cfg: CN) -> None:
     # ViT-B-16 for its text tower, as the reference does for non-CLIP backbones). TEXT_ENCODER_PRETRAINED:
     # its weights, as MODEL.CLIP.PRETRAINED ("" random, an open_clip tag such as "openai", or a local
     # file); read only when TEXT_ENCODER_MODEL is set.
-    # The image encoder: a registered Detectron2 backbone emitting CLIP's embeddings (clip_dense,
-    # clip_global) besides res2..res5: "build_clip_backbone" (CLIP's own, MODEL.CLIP) or
-    # "build_language_guided_backbone" (any backbone with a new attention pool, MODEL.ANY_BACKBONE).
-    _C.MODEL.DENSECLIP.IMAGE_ENCODER = "build_clip_backbone"
     _C.MODEL.DENSECLIP.TEXT_ENCODER_MODEL = ""
     _C.MODEL.DENSECLIP.TEXT_ENCODER_PRETRAINED = ""
 

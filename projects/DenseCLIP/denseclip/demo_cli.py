@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 from detectron2.config import CfgNode
 
+from .config_building import build_config
 from .data import register_datasets_from_config
-from .engine.config import build_config
 from .predictor import VOCABULARY_PRESETS, DenseCLIPPredictor, parse_vocabulary
 from .visualization import VideoDrawer, draw_predictions, score_map_overlay
 

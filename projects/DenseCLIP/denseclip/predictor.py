@@ -14,8 +14,7 @@ Drawing lives in :mod:`denseclip.visualization`, the command line in :mod:`dense
 from __future__ import annotations
 
 import logging
-import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,10 +23,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 
-from .engine.checkpoint import AtomicDetectionCheckpointer, checkpoint_vocabulary
+from .checkpoint import AtomicDetectionCheckpointer, read_checkpoint
+from .modeling.composition import build_denseclip_model
 from .modeling.vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
 
 logger = logging.getLogger(__name__)
@@ -109,21 +108,24 @@ def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[st
     return names
 
 
-def predictor_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None) -> List[str]:
-    """The class names a predictor builds its model with: the config's
+def predictor_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None,
+                         checkpoint: Optional[Dict[str, Any]] = None) -> Optional[List[str]]:
+    """The class names a predictor builds its DenseCLIP model with: the config's
     (:func:`~denseclip.modeling.vocabulary_from_config`: MODEL.DENSECLIP.CLASS_NAMES, else the
-    classes of DATASETS.TRAIN[0]); when it names none, those recorded in the checkpoint
-    MODEL.WEIGHTS (read here, the one place outside the checkpointer that opens it), else
-    ``vocabulary``. The checkpointer then matches the weights' classes to them by name."""
-    kind = VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE, "thing")
+    classes of DATASETS.TRAIN[0]); when it names none, those recorded in ``checkpoint`` (the
+    contents of MODEL.WEIGHTS, :func:`~denseclip.checkpoint.read_checkpoint`), else ``vocabulary``.
+    The checkpointer then matches the weights' classes to them by name. None for a
+    meta-architecture without a vocabulary (its classes are its NUM_CLASSES)."""
+    kind = VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE)
+    if kind is None:
+        return None
     try:
         return vocabulary_from_config(cfg, kind)
     except ValueError as e:
-        weights = cfg.MODEL.WEIGHTS
-        names = checkpoint_vocabulary(weights) if weights and os.path.isfile(weights) else None
+        names = (checkpoint or {}).get("vocabulary")
         if names:
-            logger.info("Vocabulary: the %d class names recorded in MODEL.WEIGHTS %s", len(names), weights)
-            return names
+            logger.info("Vocabulary: the %d class names recorded in MODEL.WEIGHTS %s", len(names), cfg.MODEL.WEIGHTS)
+            return list(names)
         if vocabulary:
             logger.info("The config names no classes: building the model with the vocabulary %s", list(vocabulary))
             return list(vocabulary)
@@ -155,7 +157,8 @@ class DenseCLIPPredictor(DefaultPredictor):
         cfg: a config with the DenseCLIP keys (``add_denseclip_config``).
         vocabulary: optional class names to detect. The model is built with the names of
             :func:`predictor_vocabulary` (the config's, else MODEL.WEIGHTS', else these),
-            MODEL.WEIGHTS is loaded, and then the vocabulary is swapped to these.
+            MODEL.WEIGHTS (read once) is loaded, and then the vocabulary is swapped to these. The
+            config is never written to: ``cfg`` is the caller's, cloned.
 
     Attributes:
         model, cfg, aug, input_format: as in ``DefaultPredictor``.
@@ -170,13 +173,13 @@ class DenseCLIPPredictor(DefaultPredictor):
         # ``vocabulary``. The attributes are the same.
         vocabulary = parse_vocabulary(vocabulary)
         self.cfg = cfg.clone()
-        self.cfg.defrost()
-        self.cfg.MODEL.DENSECLIP.CLASS_NAMES = predictor_vocabulary(self.cfg, vocabulary)
         self.cfg.freeze()
-
-        self.model = build_model(self.cfg)
+        weights = self.cfg.MODEL.WEIGHTS
+        # Read once, before the model is built: the weights may name the classes it is built with.
+        checkpoint = read_checkpoint(weights) if weights else None
+        self.model = build_denseclip_model(self.cfg, predictor_vocabulary(self.cfg, vocabulary, checkpoint))
         self.model.eval()
-        self._load_weights(self.cfg.MODEL.WEIGHTS)
+        self._load_weights(weights, checkpoint)
         self._setup_inputs_and_metadata()
         if vocabulary and list(vocabulary) != self.class_names:
             self.set_vocabulary(vocabulary)
@@ -196,7 +199,7 @@ class DenseCLIPPredictor(DefaultPredictor):
         self._class_kind = VOCABULARY_META_ARCHITECTURES.get(self.cfg.MODEL.META_ARCHITECTURE, "thing")
         self.metadata = _metadata_for(self.class_names, base, self._class_kind)
 
-    def _load_weights(self, weights: str) -> None:
+    def _load_weights(self, weights: str, contents: Optional[Dict[str, Any]]) -> None:
         if not weights:
             logger.warning(
                 "MODEL.WEIGHTS is empty: the detector is untrained (random weights%s), so its predictions "
@@ -206,7 +209,7 @@ class DenseCLIPPredictor(DefaultPredictor):
             return
         # The project's checkpointer: clear errors for missing files and shape mismatches.
         checkpointer = AtomicDetectionCheckpointer(self.model, reinit_mismatched=bool(self.cfg.MODEL.REINIT_VOCABULARY_MISMATCH))
-        checkpointer.load(weights)
+        checkpointer.load(weights, contents=contents)
 
     # -------------------------------------------------------------------------------- vocabulary
     @property
@@ -220,8 +223,8 @@ class DenseCLIPPredictor(DefaultPredictor):
         if names != self.class_names:
             if not getattr(self.model, "language_guided", False):
                 raise ValueError(
-                    f"This model detects a fixed set of {len(self.class_names)} classes (MODEL.DENSECLIP.HEAD "
-                    f"'{self.cfg.MODEL.DENSECLIP.HEAD}'): another vocabulary needs the language-guided heads "
+                    f"This model detects a fixed set of {len(self.class_names)} classes (Detectron2's stock heads, "
+                    "one learned classifier per training class): another vocabulary needs the language-guided heads "
                     "(MODEL.DENSECLIP.HEAD 'language')"
                 )
             self.model.set_vocabulary(names)

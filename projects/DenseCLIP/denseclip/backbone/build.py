@@ -66,8 +66,9 @@ def create_text_clip_from_config(cfg: CfgNode) -> nn.Module:
     return create_clip_model(name, pretrained=pretrained, quick_gelu=cfg.MODEL.CLIP.QUICK_GELU, report_random=not cfg.MODEL.WEIGHTS)
 
 
-def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool) -> Backbone:
-    """Wrap open_clip's image tower as a bottom-up backbone."""
+def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool, strict_input_size: bool = True) -> Backbone:
+    """Wrap open_clip's image tower as a bottom-up backbone; ``strict_input_size`` False lets it take
+    inputs of any size (not only multiples of 32: the segmentors' unpadded test windows)."""
     c = cfg.MODEL.CLIP
     if isinstance(visual, ModifiedResNet):
         if c.DROP_PATH_RATE > 0 or c.VIT_CLASS_EMBED_TWICE:
@@ -79,6 +80,7 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
             freeze_at=c.FREEZE_AT,
             pos_embed_mode=c.POS_EMBED_MODE,
             pos_embed_grid=c.POS_EMBED_GRID,
+            strict_input_size=strict_input_size,
         )
     elif isinstance(visual, VisionTransformer):
         if c.FREEZE_AT > 0:
@@ -94,6 +96,7 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
             pos_embed_grid=c.POS_EMBED_GRID,
             drop_path_rate=c.DROP_PATH_RATE,
             class_embed_twice=c.VIT_CLASS_EMBED_TWICE,
+            strict_input_size=strict_input_size,
         )
     else:
         raise ValueError(
@@ -104,10 +107,10 @@ def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool)
     return convert_norm(backbone, c.NORM, cfg.MODEL.DEVICE)
 
 
-def build_clip_bottom_up(cfg: CfgNode, with_attention_pool: bool) -> Tuple[Backbone, nn.Module]:
+def build_clip_bottom_up(cfg: CfgNode, with_attention_pool: bool, strict_input_size: bool = True) -> Tuple[Backbone, nn.Module]:
     """The CLIP image encoder as a Detectron2 backbone, plus the open_clip model it came from."""
     clip_model = create_clip_from_config(cfg)
-    return wrap_clip_visual(cfg, clip_model.visual, with_attention_pool), clip_model
+    return wrap_clip_visual(cfg, clip_model.visual, with_attention_pool, strict_input_size), clip_model
 
 
 def _check_input(input_shape: ShapeSpec) -> None:
@@ -181,8 +184,10 @@ def semantic_fpn_on(cfg: CfgNode, bottom_up: Backbone) -> FPN:
 
 @BACKBONE_REGISTRY.register()
 def build_clip_semantic_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbone:
-    """CLIP image encoder + FPN (P2-P5), for the CLIP-baseline Semantic FPN."""
-    return semantic_fpn_on(cfg, build_clip_backbone(cfg, input_shape))
+    """CLIP image encoder + FPN (P2-P5), for the CLIP-baseline Semantic FPN; the encoder takes inputs
+    of any size (the reference's unpadded test windows)."""
+    _check_input(input_shape)
+    return semantic_fpn_on(cfg, build_clip_bottom_up(cfg, cfg.MODEL.CLIP.WITH_ATTENTION_POOL, strict_input_size=False)[0])
 
 
 @BACKBONE_REGISTRY.register()

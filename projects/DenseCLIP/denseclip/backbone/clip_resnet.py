@@ -128,6 +128,7 @@ class CLIPResNet(Backbone):
         freeze_at: int = 0,
         pos_embed_mode: str = "interpolate",
         pos_embed_grid: int = 42,
+        strict_input_size: bool = True,
     ):
         super().__init__()
         if pos_embed_mode not in POS_EMBED_MODES:
@@ -144,8 +145,9 @@ class CLIPResNet(Backbone):
         if with_attention_pool and pos_embed_mode in BUILD_TIME_GRID_MODES:
             resize_pos_embed_grid(visual.attnpool, pos_embed_grid)
         self._out_features = list(out_features)
-        # Detectron2 pads inputs to multiples of 32; the segmentors' unpadded test windows need not be.
-        self.strict_input_size = True
+        # Inputs must be multiples of 32 (Detectron2 pads them), unless the builder says otherwise:
+        # the segmentors' unpadded test windows need not be.
+        self.strict_input_size = strict_input_size
         width = visual.conv3.out_channels  # the stem's output width (64 for RN50/RN101)
         self._out_feature_channels = {f"res{i + 2}": width * 4 * 2 ** i for i in range(4)}
         self._out_feature_strides = {f"res{i + 2}": 4 * 2 ** i for i in range(4)}

@@ -115,6 +115,7 @@ class CLIPViT(Backbone):
         pos_embed_grid: int = 14,
         drop_path_rate: float = 0.0,
         class_embed_twice: bool = False,
+        strict_input_size: bool = True,
     ):
         super().__init__()
         if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
@@ -166,8 +167,9 @@ class CLIPViT(Backbone):
             if name not in self.pyramid:
                 raise ValueError(f"MODEL.CLIP.OUT_FEATURES: '{name}' is not produced by scales {list(scales)}")
         self._out_features = list(out_features)
-        # Detectron2 pads inputs to multiples of 32; the segmentors' unpadded test windows need not be.
-        self.strict_input_size = True
+        # Inputs must be multiples of 32 (Detectron2 pads them), unless the builder says otherwise:
+        # the segmentors' unpadded test windows need not be.
+        self.strict_input_size = strict_input_size
 
     @property
     def size_divisibility(self) -> int:

@@ -143,9 +143,8 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     """Export ``model`` (built from ``cfg``, weights loaded) to ``output_dir`` in format ``fmt``.
 
     Writes ``model.onnx`` (onnx: pixels to outputs) or one file per part (``model``, and for R-CNN
-    ``box_head`` and ``mask_head``), the config
-    (with the model's vocabulary as MODEL.DENSECLIP.CLASS_NAMES)
-    (``config.yaml``) and the manifest (``denseclip_export.json``). The class names are recorded
+    ``box_head`` and ``mask_head``), the config (``config.yaml``, as given: the vocabulary is the
+    manifest's) and the manifest (``denseclip_export.json``). The class names are recorded
     in the manifest and in each graph file (ONNX ``metadata_props``, torch.export / TorchScript
     extra files). Returns the manifest.
     """
@@ -185,9 +184,6 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
         with torch.no_grad():
             _EXPORTERS[fmt](spec, os.path.join(output_dir, file_name), {**metadata, "denseclip.graph": spec.name})
         graphs[spec.name] = {"file": file_name, "inputs": spec.input_names, "outputs": spec.output_names}
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DENSECLIP.CLASS_NAMES = class_names  # a vocabulary set after the build (--vocabulary)
     with open(os.path.join(output_dir, CONFIG), "w") as f:
         f.write(cfg.dump())
     with open(os.path.join(output_dir, MANIFEST), "w") as f:

@@ -1,7 +1,9 @@
-"""Training engine: config building, recipe optimizer/schedule, crash-safe checkpoints,
-CPU-capable launcher, the ``Trainer`` and the ``setup`` used by ``train_net.py``."""
-from .checkpoint import AtomicDetectionCheckpointer, IncompatibleCheckpointError, atomic_write
-from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+"""Training engine: recipe optimizer/schedule, CPU-capable launcher, the ``Trainer`` and the ``setup``
+used by ``train_net.py``; config building (:mod:`denseclip.config_building`) and checkpoints
+(:mod:`denseclip.checkpoint`), which inference shares, re-exported. Inference (predictor, deploy, web
+demo) imports nothing from this package."""
+from ..checkpoint import AtomicDetectionCheckpointer, IncompatibleCheckpointError, atomic_write
+from ..config_building import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides, resolve_step_fractions
 from .launch import LaunchError, launch
 from .optimizer import (
     NO_DECAY_NAME_KEYS,
@@ -10,7 +12,6 @@ from .optimizer import (
     build_optimizer,
     get_denseclip_param_groups,
     model_parameter_groups,
-    resolve_step_fractions,
 )
 from .run_output import redirect_evaluation_output
 from .trainer import (

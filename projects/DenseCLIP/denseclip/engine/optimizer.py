@@ -20,6 +20,7 @@ from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config_building import resolve_step_fractions
 from .poly_schedule import build_warmup_poly_lr
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "get_denseclip_param_groups",
     "model_parameter_groups",
     "build_lr_scheduler",
-    "resolve_step_fractions",
     "add_full_model_gradient_clipping",
 ]
 
@@ -53,20 +53,26 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def model_parameter_groups(model: torch.nn.Module) -> Dict[str, List[Tuple[str, torch.nn.Parameter]]]:
-    """Parameters by role: "image_encoder", "text_tower", "text_prompt", "rest".
+    """Parameters by role in the recipe: "image_encoder", "text_tower", "text_prompt", "rest".
 
-    DenseCLIP models say it themselves (``parameter_groups``). For Detectron2's own meta-
-    architectures (the CLIP baselines, the stock R50), the image encoder is the FPN's bottom-up,
-    or the whole backbone when it has no FPN; a model without a backbone is all "rest".
+    A DenseCLIP model (one with a ``text_side``) has its image encoder as ``backbone`` and CLIP's
+    text tower and the learnable text prompt in its text side. In Detectron2's own meta-architectures
+    (the CLIP baselines, the stock R50) the image encoder is the FPN's bottom-up, or the whole
+    backbone when it has no FPN. Everything else (context decoder, gamma, FPN, heads) is "rest", as
+    is a model without a backbone.
     """
     model = _unwrap(model)
-    if hasattr(model, "parameter_groups"):
-        return model.parameter_groups()
     backbone = getattr(model, "backbone", None)
-    encoder = {id(p) for p in getattr(backbone, "bottom_up", backbone).parameters()} if backbone is not None else set()
+    text_side = getattr(model, "text_side", None)
+    encoder = backbone if text_side is not None else getattr(backbone, "bottom_up", backbone)
+    roles = {id(p): "image_encoder" for p in encoder.parameters()} if encoder is not None else {}
+    if text_side is not None:
+        roles.update({id(p): "text_tower" for p in text_side.prompt_encoder.clip_text.parameters()})
+        if text_side.prompt_encoder.context is not None:
+            roles[id(text_side.prompt_encoder.context)] = "text_prompt"
     groups: Dict[str, List[Tuple[str, torch.nn.Parameter]]] = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
     for name, param in model.named_parameters():
-        groups["image_encoder" if id(param) in encoder else "rest"].append((name, param))
+        groups[roles.get(id(param), "rest")].append((name, param))
     return groups
 
 
@@ -174,34 +180,6 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     else:
         optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
     return optimizer_type(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
-
-
-def resolve_step_fractions(cfg: CfgNode) -> CfgNode:
-    """A copy of ``cfg`` whose SOLVER.STEPS are ``round(f * MAX_ITER)`` for f in STEP_FRACTIONS,
-    so that one config keeps its schedule shape when MAX_ITER changes (e.g. short runs, or
-    REFERENCE_WORLD_SIZE scaling). Steps that collapse (duplicates, 0, or >= MAX_ITER, which the
-    multi-step scheduler rejects) are dropped with a warning. Unchanged when the list is empty."""
-    fractions = list(cfg.SOLVER.STEP_FRACTIONS)
-    if not fractions:
-        return cfg
-    bad = [f for f in fractions if not 0.0 < f <= 1.0]
-    if bad:
-        raise ValueError(f"SOLVER.STEP_FRACTIONS must lie in (0, 1], got {bad}")
-    max_iter = cfg.SOLVER.MAX_ITER
-    wanted = [int(round(f * max_iter)) for f in fractions]
-    steps = sorted({s for s in wanted if 0 < s < max_iter})
-    if len(steps) != len(wanted):
-        logger.warning(
-            f"SOLVER.STEP_FRACTIONS {fractions} x MAX_ITER {max_iter} = {wanted}: "
-            f"keeping distinct steps inside (0, MAX_ITER): {steps}"
-        )
-    cfg = cfg.clone()
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.SOLVER.STEPS = tuple(steps)
-    if frozen:
-        cfg.freeze()
-    return cfg
 
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler._LRScheduler:

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 
-from .config import command_line_config
+from ..config_building import command_line_config
 
 __all__ = ["PLAIN_TEXT_LOGS", "PlainTextLogs", "redirect_evaluation_output"]
 

@@ -26,11 +26,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..backbone.norm import CPUSyncBatchNorm, sync_batchnorm_to_cpu
+from ..checkpoint import AtomicDetectionCheckpointer
+from ..config_building import ConfigError, build_config, check_dataset_names, command_line_config
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator
-from ..modeling.vocabulary import record_vocabulary
-from .checkpoint import AtomicDetectionCheckpointer
-from .config import ConfigError, build_config, check_dataset_names, command_line_config
+from ..modeling.vocabulary import check_run_vocabulary
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 from .run_output import PLAIN_TEXT_LOGS
 
@@ -388,8 +388,8 @@ def _make_deterministic(cfg: CfgNode) -> None:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Frozen config for ``args``: :func:`build_config` (config file, KEY VALUE overrides), the
     datasets of ``--dataset``, DATASETS.REGISTER and DATASETS.SYNTHETIC registered, every name of
-    DATASETS.TRAIN/TEST checked, the vocabulary recorded in MODEL.DENSECLIP.CLASS_NAMES (so that the
-    run's config.yaml names the classes) and checked against the datasets; then logging, output dir
+    DATASETS.TRAIN/TEST checked, the vocabulary checked (it can be determined and fits the datasets;
+    it is not written into the config: checkpoints record it); then logging, output dir
     and seeding by ``default_setup``, plus the "denseclip" logger."""
     # Messages of these steps (dataset registration, device fallback, vocabulary, lr steps) come
     # before logging is set up: held back, then written to the console and log.txt.
@@ -401,7 +401,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
             raise ConfigError(f"dataset: {e}") from e
         check_dataset_names(cfg)
         try:
-            record_vocabulary(cfg)
+            check_run_vocabulary(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()

@@ -1,12 +1,13 @@
+from .composition import DenseCLIPParts, build_denseclip_model, build_denseclip_parts, denseclip_options, model_vocabulary
 from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding, select_topk_anchors, select_topk_candidates
-from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone, DenseCLIPParts, build_denseclip_parts
 from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, upgrade_state_dict_layout
-from .fused_fpn import FusedFeatures, build_fused_fpn
-from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
+from .fused_fpn import FusedFeatures, build_detection_fpn, build_retinanet_fpn, build_semantic_fpn
+from .heads import DenseCLIPRetinaNetHead, DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, TextEmbeddingFastRCNNOutputLayers
 from .meta_arch import DenseCLIPRCNN, DenseCLIPRetinaNet, TopKRetinaNet
 from .pixel_text import box_target_maps, pixel_text_loss, pixel_text_score_map, score_map_probabilities
 from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, SemanticFPNHead, semantic_cross_entropy
 from .semantic_segmentor import CLIPSemanticSegmentor, DenseCLIPSemanticSegmentor
 from .slide_inference import multi_scale_flip_probabilities, slide_inference, sliding_windows
-from .text_side import DenseCLIPTextSide, TextSideOutput, VocabularySlice, reindex_vocabulary_slice
-from .vocabulary import check_vocabulary_fits_datasets, config_for_vocabulary, dataset_class_names, vocabulary_from_config
+from .text_side import DenseCLIPTextSide, TextSideOutput
+from .vocabulary import check_run_vocabulary, check_vocabulary_fits_datasets, dataset_class_names, heads_config, vocabulary_from_config
+from .vocabulary_swap import DenseCLIPVocabulary, VocabularySlice, reindex_vocabulary_slice

@@ -9,7 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from ..backbone.build import fpn_on, retinanet_top_block
+from ..backbone.build import fpn_on, retinanet_top_block, semantic_fpn_on
 
 
 class FusedFeatures(Backbone):
@@ -34,9 +34,17 @@ class FusedFeatures(Backbone):
         return features
 
 
-def build_fused_fpn(cfg: CfgNode, fused_shapes: Dict[str, ShapeSpec], retinanet: bool) -> FPN:
-    """P2-P6 (Mask R-CNN) or P3-P7 with P6 computed from the fused res5 (RetinaNet, as the
-    reference's ``add_extra_convs='on_input'``)."""
-    bottom_up = FusedFeatures(fused_shapes)
-    top_block = retinanet_top_block(cfg, fused_shapes["res5"].channels) if retinanet else LastLevelMaxPool()
-    return fpn_on(cfg, bottom_up, top_block)
+def build_detection_fpn(cfg: CfgNode, fused_shapes: Dict[str, ShapeSpec]) -> FPN:
+    """P2-P6 (Mask R-CNN) on the fused features."""
+    return fpn_on(cfg, FusedFeatures(fused_shapes), LastLevelMaxPool())
+
+
+def build_retinanet_fpn(cfg: CfgNode, fused_shapes: Dict[str, ShapeSpec]) -> FPN:
+    """P3-P7 with P6 computed from the fused res5 (RetinaNet, as the reference's
+    ``add_extra_convs='on_input'``)."""
+    return fpn_on(cfg, FusedFeatures(fused_shapes), retinanet_top_block(cfg, fused_shapes["res5"].channels))
+
+
+def build_semantic_fpn(cfg: CfgNode, fused_shapes: Dict[str, ShapeSpec]) -> FPN:
+    """The reference's segmentation neck, P2-P5 (:func:`~denseclip.backbone.build.semantic_fpn_on`)."""
+    return semantic_fpn_on(cfg, FusedFeatures(fused_shapes))

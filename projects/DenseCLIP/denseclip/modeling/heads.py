@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,18 +15,8 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-
-def clip_embed_dim(cfg: CfgNode) -> int:
-    """Dimension D of CLIP's joint embedding space for MODEL.CLIP.MODEL_NAME (no model is built)."""
-    if cfg.MODEL.CLIP.MODEL_CONFIG_FILE:
-        from ..clip_loading import register_model_config
-
-        register_model_config(cfg.MODEL.CLIP.MODEL_CONFIG_FILE)
-    model_cfg = open_clip.get_model_config(cfg.MODEL.CLIP.MODEL_NAME)
-    if model_cfg is None:
-        raise ValueError(f"MODEL.CLIP.MODEL_NAME '{cfg.MODEL.CLIP.MODEL_NAME}' is not an open_clip architecture")
-    return int(model_cfg["embed_dim"])
-
+from ..backbone.build import text_embed_dim
+from .vocabulary_swap import VocabularySlice
 
 HEAD_CHOICES = ("language", "stock")
 
@@ -42,9 +31,10 @@ def uses_language_heads(cfg: CfgNode) -> bool:
 
 def text_classifier_arguments(cfg: CfgNode) -> Dict:
     """The config arguments of a classifier whose weights are the text embeddings (Fast R-CNN box
-    predictor, Semantic FPN pixel classifier): text width, initial logit scale, and whether it learns."""
+    predictor, Semantic FPN pixel classifier): text width (the text tower's, :func:`text_embed_dim`),
+    initial logit scale, and whether it learns."""
     return {
-        "text_dim": clip_embed_dim(cfg),
+        "text_dim": text_embed_dim(cfg),
         "logit_scale": cfg.MODEL.DENSECLIP.CLASSIFIER_LOGIT_SCALE,
         "learn_logit_scale": cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
     }
@@ -61,7 +51,28 @@ class LogitScale(nn.Module):
         return self.log_scale.exp().clamp(max=100.0)
 
 
-class LanguageGuidedRetinaNetHead(RetinaNetHead):
+class DenseCLIPRetinaNetHead(RetinaNetHead):
+    """Detectron2's RetinaNet head (same modules, same initialisation) that declares its per-class
+    tensors: the classifier's outputs, one block of K classes per anchor."""
+
+    @configurable
+    def __init__(self, *, num_anchors: int, **kwargs):
+        super().__init__(num_anchors=num_anchors, **kwargs)
+        self.num_anchors = num_anchors
+        self.num_classes = kwargs["num_classes"]
+
+    @property
+    def language_guided(self) -> bool:
+        return False
+
+    def vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        return {f"cls_score.{p}": VocabularySlice(dim=0, groups=self.num_anchors) for p in ("weight", "bias")}
+
+    def set_num_classes(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+
+class LanguageGuidedRetinaNetHead(DenseCLIPRetinaNetHead):
     """RetinaNet head whose class logits are cosine similarities between per-anchor embeddings and
     projected text embeddings, times a logit scale, plus a bias initialised to the focal-loss prior.
     Box regression and the conv towers are Detectron2's."""
@@ -77,11 +88,9 @@ class LanguageGuidedRetinaNetHead(RetinaNetHead):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        num_anchors = self.cls_score.out_channels // kwargs["num_classes"]
         in_channels = self.cls_score.in_channels
-        self.num_anchors = num_anchors
         self.cls_embed_dim = cls_embed_dim
-        self.cls_score = nn.Conv2d(in_channels, num_anchors * cls_embed_dim, kernel_size=3, padding=1)
+        self.cls_score = nn.Conv2d(in_channels, self.num_anchors * cls_embed_dim, kernel_size=3, padding=1)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.zeros_(self.cls_score.bias)
         self.text_proj = nn.Linear(text_dim, cls_embed_dim)
@@ -93,12 +102,19 @@ class LanguageGuidedRetinaNetHead(RetinaNetHead):
     def from_config(cls, cfg: CfgNode, input_shape: List[ShapeSpec]) -> Dict:
         ret = super().from_config(cfg, input_shape)
         ret.update(
-            text_dim=clip_embed_dim(cfg),
+            text_dim=text_embed_dim(cfg),
             cls_embed_dim=cfg.MODEL.DENSECLIP.RETINANET_CLS_EMBED_DIM,
             logit_scale=cfg.MODEL.DENSECLIP.RETINANET_LOGIT_SCALE,
             learn_logit_scale=cfg.MODEL.DENSECLIP.LEARN_LOGIT_SCALE,
         )
         return ret
+
+    @property
+    def language_guided(self) -> bool:
+        return True
+
+    def vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        return {}  # the classifier is the text: nothing per class
 
     def forward(self, features: List[torch.Tensor], text_embeddings: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Returns per-level logits (N x A*K x H x W, anchor-major as Detectron2 expects) and deltas.
@@ -192,6 +208,18 @@ class DenseCLIPROIHeads(StandardROIHeads):
     @property
     def language_guided(self) -> bool:
         return isinstance(self.box_predictor, TextEmbeddingFastRCNNOutputLayers)
+
+    def vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        """The per-class tensors of the stock predictors: box classifier (+ background), class-specific
+        box deltas and masks; none for the language-guided ones (the classifier is the text)."""
+        if self.language_guided:
+            return {}
+        names = {f"box_predictor.cls_score.{p}": VocabularySlice(dim=0, suffix=1) for p in ("weight", "bias")}
+        if self.box_predictor.bbox_pred.out_features > 4:  # class-specific boxes
+            names.update({f"box_predictor.bbox_pred.{p}": VocabularySlice(dim=0, per_class=4) for p in ("weight", "bias")})
+        if self.mask_on and self.mask_head.predictor.out_channels > 1:  # one mask per class
+            names.update({f"mask_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")})
+        return names
 
     def forward(self, images, features: Dict[str, torch.Tensor], proposals: List[Instances],
                 targets: Optional[List[Instances]] = None, text_embeddings: Optional[torch.Tensor] = None):

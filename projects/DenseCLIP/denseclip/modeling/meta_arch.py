@@ -1,8 +1,9 @@
-"""DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the CLIP image
-encoder, with the DenseCLIP text side and an FPN over image features + score maps
-(:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`). Their ``from_config`` is
-Detectron2's, run on the registered DenseCLIP backbone (``modeling/denseclip_backbone.py``) with
-the vocabulary's class count; their forward passes add the text to the heads and the pixel-text loss.
+"""DenseCLIP meta-architectures: Detectron2's R-CNN and RetinaNet whose ``backbone`` is the image
+encoder (MODEL.BACKBONE.NAME), with the DenseCLIP text side and an FPN over image features + score
+maps (:class:`~denseclip.modeling.denseclip_mixin.DenseCLIPMetaArchMixin`). Their ``from_config``
+composes the model explicitly, as Mask2Former's does: image encoder, text side for the vocabulary
+(an argument, else the config's) and FPN (:mod:`.composition`), then Detectron2's heads on
+``fpn.output_shape()``; their forward passes add the text to the heads and the pixel-text loss.
 
 Model layout (parameter name prefixes):
     backbone.    CLIP image encoder (res2..res5, clip_dense, clip_global)
@@ -12,45 +13,53 @@ Model layout (parameter name prefixes):
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    GeneralizedRCNN,
+    RetinaNet,
+    build_anchor_generator,
+    build_proposal_generator,
+    build_roi_heads,
+)
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Instances
 
+from .composition import build_denseclip_parts, denseclip_options, model_vocabulary
 from .dense_decoding import CANDIDATE_SELECTIONS, TopKCandidateDecoding
-from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
-from .heads import DenseCLIPROIHeads, LanguageGuidedRetinaNetHead, uses_language_heads
-from .text_side import VocabularySlice
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin
+from .fused_fpn import build_detection_fpn, build_retinanet_fpn
+from .heads import DenseCLIPRetinaNetHead, LanguageGuidedRetinaNetHead, uses_language_heads
+from .vocabulary import heads_config
+from .vocabulary_swap import check_vocabulary_head
 
 
 @META_ARCH_REGISTRY.register()
 class DenseCLIPRCNN(DenseCLIPMetaArchMixin, GeneralizedRCNN):
     """Mask R-CNN / Faster R-CNN on DenseCLIP features; ROI heads: DenseCLIPROIHeads."""
 
+    vocabulary_head = "roi_heads"
+
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict:
-        return detectron2_arguments(super().from_config, cfg, "MODEL.ROI_HEADS.NUM_CLASSES")
-
-    @property
-    def language_guided(self) -> bool:
-        return isinstance(self.roi_heads, DenseCLIPROIHeads) and self.roi_heads.language_guided
-
-    def _set_head_num_classes(self, num_classes: int) -> None:
-        self.roi_heads.set_num_classes(num_classes)
-
-    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
-        if self.language_guided:  # the classifier is the text: nothing per class
-            return {}
-        predictor = self.roi_heads.box_predictor
-        names = {f"roi_heads.box_predictor.cls_score.{p}": VocabularySlice(dim=0, suffix=1) for p in ("weight", "bias")}
-        if predictor.bbox_pred.out_features > 4:  # class-specific boxes
-            names.update({f"roi_heads.box_predictor.bbox_pred.{p}": VocabularySlice(dim=0, per_class=4) for p in ("weight", "bias")})
-        mask_head = getattr(self.roi_heads, "mask_head", None)
-        if mask_head is not None and mask_head.predictor.out_channels > 1:  # one mask per class
-            names.update({f"roi_heads.mask_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")})
-        return names
+    def from_config(cls, cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None) -> Dict:
+        vocabulary = model_vocabulary(cfg, vocabulary, "thing")
+        parts = build_denseclip_parts(cfg, vocabulary, build_detection_fpn)
+        heads_cfg = heads_config(cfg, "MODEL.ROI_HEADS.NUM_CLASSES", len(vocabulary))
+        shapes = parts.fpn.output_shape()
+        return {
+            **parts._asdict(),
+            "proposal_generator": build_proposal_generator(heads_cfg, shapes),
+            "roi_heads": check_vocabulary_head(build_roi_heads(heads_cfg, shapes), "MODEL.ROI_HEADS.NAME", "DenseCLIPROIHeads"),
+            "input_format": cfg.INPUT.FORMAT,
+            "vis_period": cfg.VIS_PERIOD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            **denseclip_options(cfg),
+        }
 
     def _head_text(self, dense: DenseCLIPFeatures) -> Dict[str, torch.Tensor]:
         return {"text_embeddings": dense.text_embeddings} if self.language_guided else {}
@@ -105,32 +114,46 @@ class TopKRetinaNet(TopKCandidateDecoding, RetinaNet):
 class DenseCLIPRetinaNet(DenseCLIPMetaArchMixin, TopKRetinaNet):
     """RetinaNet on DenseCLIP features with, by default, the language-guided head."""
 
+    vocabulary_head = "head"
+
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict:
-        def with_head(cfg: CfgNode) -> Dict:
-            # Detectron2's RetinaNet.from_config builds the stock head; the language-guided one
-            # takes its place on the same feature shapes.
-            ret = super(DenseCLIPRetinaNet, cls).from_config(cfg)
-            if uses_language_heads(cfg):
-                shapes = ret["backbone"].output_shape()
-                ret["head"] = LanguageGuidedRetinaNetHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
-            return ret
+    def from_config(cls, cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None) -> Dict:
+        # Detectron2's RetinaNet.from_config, on the FPN's shapes, with the language-guided head
+        # (MODEL.DENSECLIP.HEAD "language") or Detectron2's (declaring its per-class tensors).
+        vocabulary = model_vocabulary(cfg, vocabulary, "thing")
+        parts = build_denseclip_parts(cfg, vocabulary, build_retinanet_fpn)
+        heads_cfg = heads_config(cfg, "MODEL.RETINANET.NUM_CLASSES", len(vocabulary))
+        r = cfg.MODEL.RETINANET
+        shapes = parts.fpn.output_shape()
+        feature_shapes = [shapes[f] for f in r.IN_FEATURES]
+        head = LanguageGuidedRetinaNetHead if uses_language_heads(cfg) else DenseCLIPRetinaNetHead
+        return {
+            **parts._asdict(),
+            "head": head(heads_cfg, feature_shapes),
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "num_classes": len(vocabulary),
+            "head_in_features": r.IN_FEATURES,
+            "focal_loss_alpha": r.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": r.FOCAL_LOSS_GAMMA,
+            "smooth_l1_beta": r.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": r.BBOX_REG_LOSS_TYPE,
+            "test_score_thresh": r.SCORE_THRESH_TEST,
+            "test_topk_candidates": r.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": r.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+            "candidate_selection": r.CANDIDATE_SELECTION,
+            **denseclip_options(cfg),
+        }
 
-        return detectron2_arguments(with_head, cfg, "MODEL.RETINANET.NUM_CLASSES")
-
-    @property
-    def language_guided(self) -> bool:
-        return isinstance(self.head, LanguageGuidedRetinaNetHead)
-
-    def _set_head_num_classes(self, num_classes: int) -> None:
+    def set_num_classes(self, num_classes: int) -> None:
+        super().set_num_classes(num_classes)
         self.num_classes = num_classes
-        self.head.num_classes = num_classes
-
-    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
-        if self.language_guided:  # the classifier is the text: nothing per class
-            return {}
-        anchors = self.head.cls_score.out_channels // self.num_classes
-        return {f"head.cls_score.{p}": VocabularySlice(dim=0, groups=anchors) for p in ("weight", "bias")}
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         # Overridden: features come from extract_features, the language-guided head takes the text,

@@ -21,6 +21,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
 from .heads import LogitScale, text_classifier_arguments
+from .vocabulary_swap import VocabularySlice
 
 __all__ = ["LOSS_AVERAGES", "LanguageGuidedSemanticFPNHead", "SemanticFPNHead", "semantic_cross_entropy"]
 
@@ -63,6 +64,14 @@ class SemanticFPNHead(SemSegFPNHead):
     @property
     def num_classes(self) -> int:
         return self.predictor.out_channels
+
+    @property
+    def language_guided(self) -> bool:
+        return False
+
+    def vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        """The pixel classifier's per-class outputs (DenseCLIP's vocabulary swap and checkpoint re-indexing)."""
+        return {f"predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")}
 
     def decode(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The summed stride-4 map of the scale heads, after dropout: B x CONVS_DIM x H/4 x W/4. A level
@@ -117,6 +126,13 @@ class LanguageGuidedSemanticFPNHead(SemanticFPNHead):
     @property
     def num_classes(self) -> int:
         return self._num_classes
+
+    @property
+    def language_guided(self) -> bool:
+        return True
+
+    def vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
+        return {}  # the classifier is the text: nothing per class
 
     def set_num_classes(self, num_classes: int) -> None:
         self._num_classes = num_classes

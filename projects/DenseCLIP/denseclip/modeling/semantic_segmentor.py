@@ -6,11 +6,11 @@ training); training returns a loss dict; inference returns one ``{"sem_seg": K x
 per input (logits; class probabilities averaged over the views with TEST.SEM_SEG multi-scale/flip),
 so Detectron2's ``SemSegEvaluator`` and ``Visualizer.draw_sem_seg`` read them as usual. At test
 time they also run the reference's sliding-window inference (TEST.SEM_SEG), one image at a time and
-unpadded, whatever its size (the CLIP encoders, :class:`~denseclip.backbone.build.SemanticFPN` and the
-head resize by size where the reference does).
+unpadded, whatever its size (the CLIP encoders, built for it by their segmentation builders, the
+:class:`~denseclip.backbone.build.SemanticFPN` and the head resize by size where the reference does).
 
-DenseCLIP model layout (parameter name prefixes):
-    backbone.      CLIP image encoder (res2..res5, clip_dense, clip_global)
+DenseCLIP model layout (parameter name prefixes), composed in ``from_config`` (:mod:`.composition`):
+    backbone.      the image encoder, MODEL.BACKBONE.NAME (res2..res5, clip_dense, clip_global)
     text_side.     prompt_encoder (learnable context, CLIP text tower), context_decoder, gamma
     fpn.           Detectron2's FPN (P2-P5) on the image features + score maps
     sem_seg_head.  the Semantic FPN decoder (:mod:`.semantic_fpn_head`)
@@ -23,37 +23,23 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
-from ..backbone.build import semantic_fpn_on
-from .denseclip_backbone import DENSECLIP_BACKBONES, DenseCLIPBackbone, build_denseclip_parts
-from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin, detectron2_arguments
-from .fused_fpn import FusedFeatures
-from .semantic_fpn_head import LanguageGuidedSemanticFPNHead, semantic_cross_entropy
+from .composition import build_denseclip_parts, denseclip_options, model_vocabulary
+from .denseclip_mixin import DenseCLIPFeatures, DenseCLIPMetaArchMixin
+from .fused_fpn import build_semantic_fpn
+from .semantic_fpn_head import semantic_cross_entropy
 from .slide_inference import multi_scale_flip_probabilities, slide_inference
-from .text_side import VocabularySlice
-from .vocabulary import vocabulary_from_config
+from .vocabulary import heads_config
+from .vocabulary_swap import check_vocabulary_head
 
-__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor", "build_denseclip_semantic_backbone"]
+__all__ = ["CLIPSemanticSegmentor", "DenseCLIPSemanticSegmentor"]
 
 logger = logging.getLogger(__name__)
 
 TEST_MODES = ("whole", "slide")
-
-
-@BACKBONE_REGISTRY.register()
-def build_denseclip_semantic_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> DenseCLIPBackbone:
-    """DenseCLIP features (for the ``stuff_classes`` vocabulary) with the reference's segmentation
-    neck, FPN P2-P5 (:func:`~denseclip.backbone.build.semantic_fpn_on`)."""
-    parts = build_denseclip_parts(cfg, vocabulary_from_config(cfg, "stuff"), retinanet=False,
-                                  fpn_builder=lambda c, shapes: semantic_fpn_on(c, FusedFeatures(shapes)))
-    return DenseCLIPBackbone(parts)
-
-
-DENSECLIP_BACKBONES.append("build_denseclip_semantic_backbone")
 
 
 def _test_options(cfg: CfgNode) -> Dict:
@@ -78,10 +64,6 @@ class CLIPSemanticSegmentor(SemanticSegmentor):
         self.stride = tuple(stride)
         self.test_scales = tuple(test_scales)
         self.test_flip = test_flip
-        # The reference runs its test windows unpadded, whatever their size: so does encode_decode.
-        encoder = getattr(self.backbone, "bottom_up", self.backbone)
-        if hasattr(encoder, "strict_input_size"):
-            encoder.strict_input_size = False
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -145,24 +127,23 @@ class DenseCLIPSemanticSegmentor(DenseCLIPMetaArchMixin, CLIPSemanticSegmentor):
     pixel-text loss: cross-entropy of cosine / tau against the label map (the reference's identity
     head), weighted by MODEL.DENSECLIP.PIXEL_TEXT_LOSS_WEIGHT."""
 
+    vocabulary_head = "sem_seg_head"
+
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> Dict:
-        # Detectron2's from_config on the DenseCLIP backbone (its head built on the fused FPN's
-        # shapes, for the vocabulary's size), taken apart into image encoder, text side and FPN.
-        ret = detectron2_arguments(SemanticSegmentor.from_config, cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", kind="stuff")
-        return {**ret, **_test_options(cfg)}
-
-    @property
-    def language_guided(self) -> bool:
-        return isinstance(self.sem_seg_head, LanguageGuidedSemanticFPNHead)
-
-    def _set_head_num_classes(self, num_classes: int) -> None:
-        self.sem_seg_head.set_num_classes(num_classes)
-
-    def _head_vocabulary_parameters(self) -> Dict[str, VocabularySlice]:
-        if self.language_guided:  # the classifier is the text: nothing per class
-            return {}
-        return {f"sem_seg_head.predictor.{p}": VocabularySlice(dim=0) for p in ("weight", "bias")}
+    def from_config(cls, cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None) -> Dict:
+        # The image encoder takes the reference's unpadded test windows, whatever their size.
+        vocabulary = model_vocabulary(cfg, vocabulary, "stuff")
+        parts = build_denseclip_parts(cfg, vocabulary, build_semantic_fpn, strict_input_size=False)
+        heads_cfg = heads_config(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(vocabulary))
+        return {
+            **parts._asdict(),
+            "sem_seg_head": check_vocabulary_head(build_sem_seg_head(heads_cfg, parts.fpn.output_shape()), "MODEL.SEM_SEG_HEAD.NAME",
+                                                  "SemanticFPNHead or LanguageGuidedSemanticFPNHead"),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            **_test_options(cfg),
+            **denseclip_options(cfg),
+        }
 
     def _head_text(self, dense: DenseCLIPFeatures) -> Optional[torch.Tensor]:
         return dense.text_embeddings if self.language_guided else None

@@ -1,10 +1,16 @@
-"""Where a model's vocabulary (class names) and its heads' class count come from: one function, one
+"""Where a model's vocabulary (class names) and its heads' class count come from when the model is
+built without one (:func:`~.composition.build_denseclip_model`'s ``vocabulary``): one function, one
 order. The meta-architectures' ``from_config`` call it (as MaskFormer reads its dataset's metadata),
-so a plain ``get_cfg() -> add_denseclip_config -> merge_from_file -> build_model`` works."""
+so a plain ``get_cfg() -> add_denseclip_config -> merge_from_file -> build_model`` works.
+
+A dataset registered by this project (:mod:`denseclip.data`) carries its class names in its metadata
+from registration, so resolving a vocabulary reads no dataset file; only a dataset registered
+elsewhere without them (Detectron2's ``register_coco_instances``) is loaded once, as Detectron2's
+own builders would."""
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import List
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -51,24 +57,27 @@ def vocabulary_from_config(cfg: CfgNode, kind: str = "thing") -> List[str]:
     )
 
 
-def config_for_vocabulary(cfg: CfgNode, vocabulary: Sequence[str], num_classes_key: str) -> CfgNode:
-    """A frozen clone of ``cfg`` whose MODEL.DENSECLIP.CLASS_NAMES is ``vocabulary`` and whose
-    ``num_classes_key`` (e.g. "MODEL.ROI_HEADS.NUM_CLASSES") is its size, for Detectron2's builders.
-    0 in ``cfg`` means "the vocabulary's size"; another value that disagrees is an error naming both
+def heads_config(cfg: CfgNode, num_classes_key: str, size: int) -> CfgNode:
+    """The config Detectron2's head builders read their class count from: ``cfg`` itself when its
+    ``num_classes_key`` (e.g. "MODEL.ROI_HEADS.NUM_CLASSES") is ``size`` (the vocabulary's), else a
+    frozen clone where the 0 of the DenseCLIP configs ("the vocabulary's size") is replaced by it. The
+    vocabulary itself is never written into a config; another non-zero value is an error naming both
     numbers."""
     node = cfg
     *path, leaf = num_classes_key.split(".")
     for part in path:
         node = node[part]
-    given, size = node[leaf], len(vocabulary)
-    if given not in (0, size):
+    given = node[leaf]
+    if given == size:
+        return cfg
+    if given != 0:
         raise ValueError(
             f"{num_classes_key} is {given} but the vocabulary has {size} class names: set {num_classes_key} 0 "
             f"(= the vocabulary's size) or {size}, or change the vocabulary (MODEL.DENSECLIP.CLASS_NAMES, DATASETS.TRAIN)"
         )
     out = cfg.clone()
     out.defrost()
-    out.merge_from_list(["MODEL.DENSECLIP.CLASS_NAMES", list(vocabulary), num_classes_key, size])
+    out.merge_from_list([num_classes_key, size])
     out.freeze()
     return out
 
@@ -93,12 +102,13 @@ def check_vocabulary_fits_datasets(cfg: CfgNode, kind: str = "thing") -> None:
                 )
 
 
-def record_vocabulary(cfg: CfgNode) -> None:
-    """For training and evaluation runs (unfrozen ``cfg``): write the vocabulary of a DenseCLIP
-    meta-architecture into MODEL.DENSECLIP.CLASS_NAMES, so that the run's dumped config.yaml names
-    its classes, and check it against the datasets (:func:`check_vocabulary_fits_datasets`)."""
+def check_run_vocabulary(cfg: CfgNode) -> None:
+    """For training and evaluation runs, before anything is built: the vocabulary of a DenseCLIP
+    meta-architecture can be determined (:func:`vocabulary_from_config`) and fits the datasets
+    (:func:`check_vocabulary_fits_datasets`). Nothing is written into ``cfg``: checkpoints record
+    the vocabulary (``"vocabulary"``)."""
     kind = VOCABULARY_META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE)
     if kind is None:
         return
-    cfg.MODEL.DENSECLIP.CLASS_NAMES = vocabulary_from_config(cfg, kind)
+    vocabulary_from_config(cfg, kind)
     check_vocabulary_fits_datasets(cfg, kind)

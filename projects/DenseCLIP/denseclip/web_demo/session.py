@@ -119,8 +119,7 @@ class WebDemoSession:
 
     @property
     def fixed_vocabulary_note(self) -> str:
-        head = self.predictor.cfg.MODEL.DENSECLIP.HEAD
-        return (f"This model has a fixed set of {len(self.class_names)} classes (MODEL.DENSECLIP.HEAD '{head}', "
+        return (f"This model has a fixed set of {len(self.class_names)} classes (Detectron2's stock heads, "
                 "one learned classifier per training class): the vocabulary cannot be changed. Models with the "
                 "language-guided heads (configs named *_denseclip_language_*) take any vocabulary.")
 

@@ -7,7 +7,8 @@ directory, flushed, fsync'ed and atomically renamed over the target (``os.replac
 pointer is only updated after the checkpoint itself is complete, so at any instant the directory
 holds complete files and ``last_checkpoint`` names a complete one.
 
-Saved checkpoints also record the model's vocabulary (``"vocabulary"``: the class names).
+Saved checkpoints also record the model's vocabulary (``"vocabulary"``: the class names). Training
+and inference share this module (it imports nothing of :mod:`denseclip.engine`).
 
 Loading differs from Detectron2 in these ways: a missing file is a ``FileNotFoundError`` naming it
 (fvcore asserts, and silently trains from scratch for an empty path); ``.pth`` files are unpickled
@@ -21,6 +22,7 @@ freshly initialised.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import pickle
 import tempfile
@@ -32,16 +34,18 @@ from detectron2.utils import comm
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch.nn.parallel import DistributedDataParallel
 
-from ..reference_checkpoint import (
+from .reference_checkpoint import (
     ReferenceLayout,
     convert_reference_state_dict,
     detect_reference_layout,
     is_reference_checkpoint,
     reference_names,
 )
-from ..reference_checkpoint_files import checkpoint_file_problem
+from .reference_checkpoint_files import checkpoint_file_problem
 
-__all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "checkpoint_vocabulary"]
+__all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "read_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
 _LAST_CHECKPOINT = "last_checkpoint"
@@ -101,16 +105,48 @@ def _format_shapes(mismatches: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, .
     return "\n".join(f"  {key}: checkpoint {tuple(ckpt)} vs model {tuple(model)}" for key, ckpt, model in mismatches)
 
 
-def checkpoint_vocabulary(path: str) -> Optional[List[str]]:
-    """The class names a checkpoint of this project (or a reference checkpoint) was trained with,
-    or None when it records none."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(loaded, dict):
+def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+    """The contents of a local weights file, read once and safely, as the checkpointer loads them:
+    ``{"model": state dict, ...}`` with, when recorded, ``"vocabulary"`` (the class names the
+    per-class tensors belong to). ``.pth``/``.pt`` files are unpickled with ``weights_only=True``
+    (nothing in them can execute code); ``.safetensors`` hold a bare state dict; the authors'
+    mmdetection checkpoints are converted to this project's names (their classes as
+    ``"vocabulary"``, their key layout as ``"reference_layout"``). An empty or truncated file is an
+    :class:`IncompatibleCheckpointError` saying so. None for what only Detectron2's loader reads (``.pkl``/``.pyth`` model-zoo
+    files, which record no vocabulary, and URLs): :meth:`AtomicDetectionCheckpointer.load` reads those."""
+    if path.endswith((".pkl", ".pyth")) or "://" in path:
         return None
-    names = loaded.get("vocabulary")
-    if names is None and isinstance(loaded.get("meta"), dict):
-        names = loaded["meta"].get("CLASSES")
-    return list(names) if names else None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint/weights file '{path}' does not exist (check MODEL.WEIGHTS)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return {"model": load_file(path, device="cpu")}
+    try:
+        loaded = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        problem = checkpoint_file_problem(path, e)
+        if problem is not None:  # empty, truncated, not a checkpoint: e.g. an interrupted download
+            raise IncompatibleCheckpointError(f"cannot read '{path}': {problem}") from e
+        raise RuntimeError(
+            f"'{path}' contains Python objects other than tensors and plain containers, "
+            "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
+            "dict (torch.save({'model': model.state_dict()}, path), or for a reference mmdetection "
+            "checkpoint torch.save({'state_dict': c['state_dict'], 'meta': {'CLASSES': c['meta']['CLASSES']}}, "
+            "path)) with a trusted process."
+        ) from e
+    if not isinstance(loaded, dict):
+        raise RuntimeError(f"'{path}' does not hold a state dict (got {type(loaded).__name__})")
+    if is_reference_checkpoint(loaded):
+        # The authors' mmdetection checkpoint: converted to this project's names on the fly.
+        logger.info(f"'{path}' is a DenseCLIP reference (mmdetection) checkpoint: converting it")
+        classes = loaded["meta"].get("CLASSES") if isinstance(loaded["meta"], dict) else None
+        converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"]),
+                                     "reference_layout": detect_reference_layout(loaded["state_dict"])}
+        if classes:
+            converted["vocabulary"] = list(classes)
+        return converted
+    return loaded if "model" in loaded else {"model": loaded}
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -137,7 +173,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.reinit_mismatched = reinit_mismatched
         self._loading: str = ""
-        self._reference_layout: Optional[ReferenceLayout] = None  # of the reference checkpoint being loaded
+        self._contents: Optional[Dict[str, Any]] = None
         self._stale_checked = False
 
     def _remove_stale_temporaries(self) -> None:
@@ -182,9 +218,12 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         )
 
     # ------------------------------------------------------------------ loading
-    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+    def load(self, path: str, checkpointables: Optional[List[str]] = None, *,
+             contents: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """fvcore's ``load`` (an empty ``path`` still means "start from scratch"), but a ``path``
-        that does not exist raises ``FileNotFoundError`` naming it, on every rank alike."""
+        that does not exist raises ``FileNotFoundError`` naming it, on every rank alike.
+        ``contents``: what :func:`read_checkpoint` read from ``path`` already (e.g. to find the
+        vocabulary the model is built with): the file is not read twice."""
         if path:
             try:
                 local = self.path_manager.get_local_path(path)
@@ -200,50 +239,28 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                     f"'{_LAST_CHECKPOINT}' file of the output directory when resuming)"
                 )
         self._loading = path
-        return super().load(path, checkpointables)
+        self._contents = contents
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._contents = None
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        """Detectron2's formats, with ``.pth``/``.pt`` read through ``weights_only=True``.
+        """Detectron2's formats, with ``.pth``/``.pt``/``.safetensors`` and the authors' checkpoints
+        read by :func:`read_checkpoint`; the contents given to :meth:`load`, if any, are not read again.
 
         ``weights_only`` cannot apply to Detectron2/Caffe2 model-zoo ``.pkl`` files: they are
         plain pickles (numpy arrays) and are read by Detectron2's own loader, so only load ``.pkl``
         files from sources you trust. ``.pyth`` (pycls) is also left to Detectron2.
-        ``.safetensors`` files hold a bare state dict and never execute code.
         Checkpoints written by this project's ``Trainer`` (model, optimizer and scheduler states,
         iteration) contain only tensors, numbers, strings and containers, so they need no
         ``torch.serialization.add_safe_globals``.
         """
+        if self._contents is not None:
+            return self._contents
         if filename.endswith((".pkl", ".pyth")):
             return super()._load_file(filename)
-        if filename.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return {"model": load_file(filename, device="cpu")}
-        try:
-            loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
-        except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
-            problem = checkpoint_file_problem(filename, e)
-            if problem is not None:  # empty, truncated, not a checkpoint: e.g. an interrupted download
-                raise IncompatibleCheckpointError(f"cannot read '{filename}': {problem}") from e
-            raise RuntimeError(
-                f"'{filename}' contains Python objects other than tensors and plain containers, "
-                "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
-                "dict (torch.save({'model': model.state_dict()}, path), or for a reference mmdetection "
-                "checkpoint torch.save({'state_dict': c['state_dict'], 'meta': {'CLASSES': c['meta']['CLASSES']}}, "
-                "path)) with a trusted process."
-            ) from e
-        if not isinstance(loaded, dict):
-            raise RuntimeError(f"'{filename}' does not hold a state dict (got {type(loaded).__name__})")
-        if is_reference_checkpoint(loaded):
-            # The authors' mmdetection checkpoint: converted to this project's names on the fly.
-            self.logger.info(f"'{filename}' is a DenseCLIP reference (mmdetection) checkpoint: converting it")
-            classes = loaded["meta"].get("CLASSES") if isinstance(loaded["meta"], dict) else None
-            self._reference_layout = detect_reference_layout(loaded["state_dict"])
-            converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"])}
-            if classes:
-                converted["vocabulary"] = list(classes)
-            return converted
-        return loaded if "model" in loaded else {"model": loaded}
+        return read_checkpoint(filename)
 
     def _load_model(self, checkpoint: Any) -> Any:
         state = checkpoint.get("model") or {}
@@ -284,7 +301,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 "Set MODEL.REINIT_VOCABULARY_MISMATCH True to load all other weights and keep these "
                 "freshly initialised."
             )
-        self._check_reference_complete(incompatible.missing_keys, {key for key, _, _ in mismatched})
+        self._check_reference_complete(checkpoint.get("reference_layout"), incompatible.missing_keys,
+                                       {key for key, _, _ in mismatched})
         if mismatched:
             self.logger.warning(
                 f"MODEL.REINIT_VOCABULARY_MISMATCH: kept {len(mismatched)} freshly initialised "
@@ -292,10 +310,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             )
         return incompatible
 
-    def _check_reference_complete(self, missing_keys: Sequence[str], mismatched: Any) -> None:
-        """An authors' checkpoint holds every tensor of its model: one it lacks (that the model's
-        layout maps to a reference name) would stay random with only fvcore's log warning."""
-        layout, self._reference_layout = self._reference_layout, None
+    def _check_reference_complete(self, layout: Optional[ReferenceLayout], missing_keys: Sequence[str], mismatched: Any) -> None:
+        """An authors' checkpoint (``layout``: its key layout, None for other files) holds every tensor
+        of its model: one it lacks (that the model's layout maps to a reference name) would stay random
+        with only fvcore's log warning."""
         if layout is None:
             return
         lacking = reference_names([k for k in missing_keys if k not in mismatched], layout)

@@ -2,7 +2,8 @@
 overrides, with errors that name the file or the overrides, the CPU fallback of MODEL.DEVICE, the
 lr steps of SOLVER.STEP_FRACTIONS, and keys the models would ignore rejected. Nothing else: datasets
 are registered by explicit calls (:func:`denseclip.data.register_datasets_from_config`) and the
-vocabulary is the model's business (:func:`denseclip.modeling.vocabulary_from_config`)."""
+vocabulary is the model's business (:func:`denseclip.modeling.build_denseclip_model`). Shared by
+training (:mod:`denseclip.engine`) and inference (the demos, deploy)."""
 from __future__ import annotations
 
 import difflib
@@ -15,10 +16,17 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
-from ..config import add_denseclip_config
-from .optimizer import resolve_step_fractions
+from .config import add_denseclip_config
 
-__all__ = ["ConfigError", "build_config", "check_dataset_names", "command_line_config", "merge_config_file", "merge_overrides"]
+__all__ = [
+    "ConfigError",
+    "build_config",
+    "check_dataset_names",
+    "command_line_config",
+    "merge_config_file",
+    "merge_overrides",
+    "resolve_step_fractions",
+]
 
 logger = logging.getLogger("denseclip")
 
@@ -36,6 +44,11 @@ REMOVED_KEYS = {
         "SOLVER.FULL_MODEL_CLIP_GRAD_NORM was replaced by Detectron2's keys: SOLVER.CLIP_GRADIENTS.ENABLED True, "
         'SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model", SOLVER.CLIP_GRADIENTS.CLIP_VALUE <max norm> '
         "(SOLVER.CLIP_GRADIENTS.ENABLED False to turn clipping off)"
+    ),
+    "MODEL.DENSECLIP.IMAGE_ENCODER": (
+        "MODEL.DENSECLIP.IMAGE_ENCODER was replaced by MODEL.BACKBONE.NAME: a DenseCLIP config names its image "
+        'encoder there ("build_clip_backbone" or "build_language_guided_backbone"; the DenseCLIP backbones '
+        "build_denseclip_*_backbone are gone)"
     ),
 }
 
@@ -135,12 +148,39 @@ def _resolve_lr_steps(cfg: CfgNode, layers: Dict[str, int]) -> None:
     cfg.SOLVER.STEP_FRACTIONS = []
 
 
+def resolve_step_fractions(cfg: CfgNode) -> CfgNode:
+    """A copy of ``cfg`` whose SOLVER.STEPS are ``round(f * MAX_ITER)`` for f in STEP_FRACTIONS,
+    so that one config keeps its schedule shape when MAX_ITER changes (e.g. short runs, or
+    REFERENCE_WORLD_SIZE scaling). Steps that collapse (duplicates, 0, or >= MAX_ITER, which the
+    multi-step scheduler rejects) are dropped with a warning. Unchanged when the list is empty."""
+    fractions = list(cfg.SOLVER.STEP_FRACTIONS)
+    if not fractions:
+        return cfg
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"SOLVER.STEP_FRACTIONS must lie in (0, 1], got {bad}")
+    max_iter = cfg.SOLVER.MAX_ITER
+    wanted = [int(round(f * max_iter)) for f in fractions]
+    steps = sorted({s for s in wanted if 0 < s < max_iter})
+    if len(steps) != len(wanted):
+        logger.warning(
+            f"SOLVER.STEP_FRACTIONS {fractions} x MAX_ITER {max_iter} = {wanted}: "
+            f"keeping distinct steps inside (0, MAX_ITER): {steps}"
+        )
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SOLVER.STEPS = tuple(steps)
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
 def _check_unsupported_keys(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Detectron2 keys that the CLIP models would silently ignore."""
     default_freeze_at = get_cfg().MODEL.BACKBONE.FREEZE_AT
-    # DenseCLIP on another image encoder (MODEL.DENSECLIP.IMAGE_ENCODER) may read it (Detectron2's ResNets).
-    clip_image_encoder = cfg.MODEL.DENSECLIP.IMAGE_ENCODER == "build_clip_backbone"
-    if "clip" in cfg.MODEL.BACKBONE.NAME.lower() and clip_image_encoder and (
+    # CLIP image encoders (build_clip_*) do not read it; the others (Detectron2's ResNets) may.
+    if "clip" in cfg.MODEL.BACKBONE.NAME.lower() and (
         cfg.MODEL.BACKBONE.FREEZE_AT != default_freeze_at or "MODEL.BACKBONE.FREEZE_AT" in list(opts)[0::2]
     ):
         raise ConfigError(
