@@ -7,9 +7,11 @@ synthetic shapes, collect the final evaluation of each run and write the table (
     python tools/miniature_table.py --collect-only        # the table from the runs already finished
 
 A run whose metrics.json already holds its final evaluation is not repeated, so an interrupted table
-continues where it stopped. The small CLIP (tools/pretrain_small_clip.py, cached) is built first.
-Runs are started as ``train_net.py`` processes, one thread each (--jobs at a time), with the
-schedule overrides of SCHEDULES (a shorter schedule than the quickstarts', stated in the table).
+continues where it stopped; a run folder with a train.log but no final evaluation (being trained by
+another runner, or stopped) is skipped: remove the folder to train it again. The small CLIP
+(tools/pretrain_small_clip.py, cached) is built first. Runs are started as ``train_net.py``
+processes, one thread each (--jobs at a time), with the schedule overrides of SCHEDULES (a
+shorter schedule than the quickstarts', stated in the table).
 """
 import argparse
 import json
@@ -94,12 +96,15 @@ def train(row: Row, seed: int, output: Path, python: str) -> str:
     out = run_dir(output, row, seed)
     if final_metrics(out / "metrics.json", row.task) is not None:
         return f"done already: {out}"
+    if (out / "train.log").exists():
+        # Another runner is training it, or a run stopped here: never two processes in one folder.
+        return f"skipped: {out / 'train.log'} exists without a final evaluation (remove {out} to run it again)"
     opts = [*SCHEDULES[row.task], *row.opts, "SEED", str(seed), "OUTPUT_DIR", str(out),
             "MODEL.CLIP.PRETRAINED", SMALL_CLIP if row.small_clip else ""]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(out / "train.log", "w") as log:
+    with open(out / "train.log", "x") as log:
         code = subprocess.call([python, "train_net.py", "--config-file", row.config, *opts],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     status = "ok" if code == 0 else f"FAILED (exit {code}, see {out / 'train.log'})"

@@ -80,7 +80,7 @@ def create_clip_model(
     if pretrained and not is_file:
         return _create_from_pretrained_tag(model_name, pretrained, quick_gelu)
 
-    with _without_open_clip_random_init_warning():
+    with without_open_clip_random_init_warning():
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if is_file:
         load_clip_weights(model, pretrained, expected_sha256=pretrained_sha256)
@@ -95,7 +95,7 @@ class _OpenCLIPRandomInitFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _without_open_clip_random_init_warning() -> Iterator[None]:
+def without_open_clip_random_init_warning() -> Iterator[None]:
     """open_clip warns (on the root logger) that a model built with ``pretrained=None`` is random,
     also when this module loads weights into it right after; the caller says what is loaded."""
     root = logging.getLogger()

@@ -17,7 +17,7 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from ..clip_loading import register_model_config
+from ..clip_loading import register_model_config, without_open_clip_random_init_warning
 from ..data.synthetic_captions import caption_pairs
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,11 @@ def create_small_clip(settings: SmallCLIPSettings) -> torch.nn.Module:
     name = register_model_config(settings.model_config_file)
     if name != settings.model_name:
         raise ValueError(f"model config {settings.model_config_file} defines {name!r}, not {settings.model_name!r}")
-    return open_clip.create_model(
-        name, pretrained=None, force_image_size=settings.image_size, force_quick_gelu=True, output_dict=True
-    )
+    # Quiet: open_clip warns that the model is random, also when the caller loads weights right after.
+    with without_open_clip_random_init_warning():
+        return open_clip.create_model(
+            name, pretrained=None, force_image_size=settings.image_size, force_quick_gelu=True, output_dict=True
+        )
 
 
 def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
