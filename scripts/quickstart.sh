@@ -29,14 +29,15 @@ if [[ "$TASK" == semseg ]]; then
   CONFIG=configs/Synthetic/semantic_fpn_denseclip_RN-tiny_shapes.yaml
   OUT="${OUTPUT_DIR:-output/quickstart_semseg}"
   # mIoU (in %) over background + 8 shapes on the validation split: an untrained model scores 0-10
-  # (0.2, 6.2 and 9.2 measured with SEED 0-2: a few classes everywhere); trained from random weights
-  # about 70, from the small CLIP about 75 (README).
-  FLOOR=(--min-miou "${MIN_MIOU:-50}")
+  # (0.2, 6.2 and 9.2 measured with SEED 0-2: a few classes everywhere); trained, 75.0 from the small
+  # CLIP and 71.3-71.6 from random weights (README): the floor is well below both.
+  FLOOR=(--min-miou "${MIN_MIOU:-60}")
 else
   CONFIG=configs/Synthetic/mask_rcnn_denseclip_RN-tiny_FPN_shapes.yaml
   OUT="${OUTPUT_DIR:-output/quickstart}"
-  # Box AP (in %) the run must reach on the validation split: far above the ~0 of an untrained model.
-  FLOOR=(--min-box-ap "${MIN_BOX_AP:-20}")
+  # Box AP (in %) the run must reach on the validation split: an untrained model scores ~0; trained,
+  # 56.6 from the small CLIP and 57.1 from random weights (README): the floor is well below both.
+  FLOOR=(--min-box-ap "${MIN_BOX_AP:-40}")
 fi
 PY=.venv/bin/python
 
