@@ -150,7 +150,8 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise RuntimeError(f"Could not read CLIP weights from {path}: {type(e).__name__}: {e}") from e
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -183,7 +184,7 @@ def resize_attention_pool_grid(state_dict: Dict[str, torch.Tensor], model: torch
 def load_clip_weights(model: torch.nn.Module, path: str, expected_sha256: str = "") -> None:
     """Load a CLIP checkpoint file into an open_clip model, strictly, with errors naming keys."""
     if expected_sha256:
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected_sha256.lower():
             raise ValueError(
                 f"MODEL.CLIP.PRETRAINED {path}: sha256 {actual} does not match the expected {expected_sha256}"

@@ -2,7 +2,6 @@
 state dict, what MODEL.CLIP.PRETRAINED reads) sits next to a manifest of the settings it was trained
 with; a matching manifest and checksum mean "up to date". Either way the zero-shot check runs on the
 checkpoint file as loaded by the project's CLIP loader, so the printed figure is always the file's."""
-import hashlib
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..clip_loading import load_clip_weights
+from ..clip_loading import file_sha256, load_clip_weights
 from ..data.synthetic_captions import object_crops
 from ..data.synthetic_classes import SYNTHETIC_GRID_CLASSES
 from .small_clip import SmallCLIPSettings, create_small_clip, make_training_pairs, pretrain
@@ -39,14 +38,6 @@ def manifest_path(checkpoint: str) -> str:
     return os.path.splitext(checkpoint)[0] + ".json"
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _key(settings: SmallCLIPSettings) -> dict:
     return {"pretraining_version": PRETRAINING_VERSION, **settings.as_dict()}
 
@@ -58,7 +49,7 @@ def _is_up_to_date(checkpoint: str, settings: SmallCLIPSettings) -> bool:
     except (OSError, ValueError):
         return False
     return manifest.get("settings") == _key(settings) and os.path.isfile(checkpoint) and (
-        manifest.get("sha256") == _sha256(checkpoint)
+        manifest.get("sha256") == file_sha256(checkpoint)
     )
 
 
@@ -99,7 +90,7 @@ def build_or_reuse_small_clip(
         _save_atomically(model.state_dict(), checkpoint)
         manifest = {
             "settings": _key(settings),
-            "sha256": _sha256(checkpoint),
+            "sha256": file_sha256(checkpoint),
             "first_loss": losses[0],
             "last_loss": losses[-1],
             "train_seconds": round(time.perf_counter() - start, 1),
