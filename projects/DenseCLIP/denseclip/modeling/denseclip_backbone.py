@@ -15,6 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 
 from ..text import ContextDecoder, PromptTextEncoder
+from ..text.prompt_templates import prompt_ensemble
 from .encoders import build_denseclip_encoders
 from .fused_fpn import build_fused_fpn
 from .text_side import DenseCLIPTextSide
@@ -48,6 +49,7 @@ def build_denseclip_parts(
         prompt=d.PROMPT,
         n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
         template=d.TEMPLATE,
+        templates=prompt_ensemble(d.PROMPT_ENSEMBLE) if d.PROMPT_ENSEMBLE else None,
         name_context_length=d.NAME_CONTEXT_LENGTH,
         context_length=d.TEXT_CONTEXT_LENGTH,
         # The one place that decides whether CLIP's text weights train.
