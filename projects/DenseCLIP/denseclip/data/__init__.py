@@ -4,13 +4,23 @@ Importing this package registers "synthetic_shapes_train" and "synthetic_shapes_
 semantic segmentation twins "synthetic_shapes_sem_seg_train" and "synthetic_shapes_sem_seg_val"
 (generated on first use under $DENSECLIP_SYNTHETIC_ROOT, else ``datasets/synthetic_shapes`` in the
 working directory), so that the default configs run with no download, and, like Detectron2's
-builtin datasets, "ade20k_mmseg_sem_seg_train" and "ade20k_mmseg_sem_seg_val" under
-$DETECTRON2_DATASETS (read when a loader asks for them).
+builtin datasets, "ade20k_mmseg_sem_seg_train" and "ade20k_mmseg_sem_seg_val" and the
+open-vocabulary benchmarks "coco_2017_ov_train_base", "coco_2017_ov_val_generalized",
+"lvis_v1_ov_train_norare" and "lvis_v1_ov_val" (:mod:`.open_vocabulary`) under $DETECTRON2_DATASETS
+(read when a loader asks for them).
 """
 from .ade20k import ADE20K_DATASET_NAMES, register_ade20k
 from .ade20k_classes import ADE20K_CLASSES
 from .from_config import register_datasets_from_config
 from .mapper import BadImageError, RobustDatasetMapper, read_image_robust, read_label_map
+from .open_vocabulary import (
+    OV_COCO_BASE_CLASSES,
+    OV_COCO_NOVEL_CLASSES,
+    is_open_vocabulary_dataset,
+    register_builtin_open_vocabulary,
+    register_ov_coco,
+    register_ov_lvis,
+)
 from .register import (
     parse_dataset_spec,
     register_coco_json,
@@ -31,10 +41,13 @@ from .synthetic import (
 
 register_synthetic_dataset()
 register_ade20k()
+register_builtin_open_vocabulary()
 
 __all__ = [
     "ADE20K_CLASSES",
     "ADE20K_DATASET_NAMES",
+    "OV_COCO_BASE_CLASSES",
+    "OV_COCO_NOVEL_CLASSES",
     "BadImageError",
     "RobustDatasetMapper",
     "SYNTHETIC_CLASSES",
@@ -43,6 +56,7 @@ __all__ = [
     "build_sem_seg_augmentations",
     "default_synthetic_root",
     "generate_synthetic_dataset",
+    "is_open_vocabulary_dataset",
     "parse_dataset_spec",
     "read_class_names",
     "read_image_robust",
@@ -50,7 +64,10 @@ __all__ = [
     "register_ade20k",
     "register_coco_json",
     "register_datasets_from_config",
+    "register_builtin_open_vocabulary",
     "register_datasets_from_spec",
+    "register_ov_coco",
+    "register_ov_lvis",
     "register_sem_seg_folder",
     "register_synthetic_dataset",
     "register_synthetic_from_config",

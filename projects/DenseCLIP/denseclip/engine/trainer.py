@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_denseclip_config
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
-from ..evaluation import build_coco_evaluator
+from ..evaluation import build_coco_evaluator, evaluation_model
 from ..modeling.vocabulary import record_vocabulary
 from .checkpoint import AtomicDetectionCheckpointer
 from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
@@ -276,6 +276,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
         return build_detection_test_loader(cfg, dataset_name, mapper=cls._mapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators: Any = None) -> Dict[str, Any]:
+        """Detectron2's ``test``, one dataset at a time, each with the model of
+        :func:`~denseclip.evaluation.evaluation_model` (open-vocabulary sets: all their names)."""
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        results: Dict[str, Any] = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (dataset_name,)
+            chosen = [evaluators[index]] if evaluators is not None else None
+            results[dataset_name] = super().test(one, evaluation_model(model, dataset_name), chosen)
+        return list(results.values())[0] if len(results) == 1 else results
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
