@@ -30,14 +30,17 @@ from .register import (
 )
 from .sem_seg_folder import read_class_names, register_sem_seg_folder, validate_sem_seg_folder
 from .sem_seg_mapper import SemSegDatasetMapper, build_sem_seg_augmentations
-from .synthetic import (
+from .synthetic import generate_synthetic_dataset
+from .synthetic_captions import caption, caption_pairs, object_crops
+from .synthetic_classes import (
+    COLOURS,
+    SHAPES,
     SYNTHETIC_CLASSES,
+    SYNTHETIC_GRID_CLASSES,
     SYNTHETIC_SEM_SEG_CLASSES,
-    default_synthetic_root,
-    generate_synthetic_dataset,
-    register_synthetic_dataset,
-    register_synthetic_from_config,
+    grid_cell,
 )
+from .synthetic_registration import default_synthetic_root, register_synthetic_dataset, register_synthetic_from_config
 
 register_synthetic_dataset()
 register_ade20k()
@@ -49,14 +52,21 @@ __all__ = [
     "OV_COCO_BASE_CLASSES",
     "OV_COCO_NOVEL_CLASSES",
     "BadImageError",
+    "COLOURS",
     "RobustDatasetMapper",
+    "SHAPES",
     "SYNTHETIC_CLASSES",
+    "SYNTHETIC_GRID_CLASSES",
     "SYNTHETIC_SEM_SEG_CLASSES",
     "SemSegDatasetMapper",
     "build_sem_seg_augmentations",
+    "caption",
+    "caption_pairs",
     "default_synthetic_root",
     "generate_synthetic_dataset",
+    "grid_cell",
     "is_open_vocabulary_dataset",
+    "object_crops",
     "parse_dataset_spec",
     "read_class_names",
     "read_image_robust",
