@@ -167,3 +167,19 @@ def test_open_vocabulary_evaluation_runs_with_every_name_on_a_copy(tiny_coco_roo
         "MODEL.CLIP.MODEL_NAME", "RN-tiny", "MODEL.CLIP.MODEL_CONFIG_FILE", "RN-tiny.json", "DATASETS.TRAIN", (train,)]))
     with pytest.raises(ValueError, match="open-vocabulary evaluation set .* language-guided heads"):
         evaluation_model(stock, val)
+
+
+def test_synthetic_held_out_split_shows_every_novel_colour_and_shape_in_base():
+    from denseclip.data import SYNTHETIC_OV_BASE_CLASSES, SYNTHETIC_OV_NOVEL_CLASSES, grid_cell, held_out_split
+
+    assert len(SYNTHETIC_OV_BASE_CLASSES) == 24 and len(SYNTHETIC_OV_NOVEL_CLASSES) == 12
+    base_cells = [grid_cell(n) for n in SYNTHETIC_OV_BASE_CLASSES]
+    for name in SYNTHETIC_OV_NOVEL_CLASSES:
+        colour, shape = grid_cell(name)
+        assert any(c == colour for c, _ in base_cells) and any(s == shape for _, s in base_cells), name
+    assert not set(SYNTHETIC_OV_BASE_CLASSES) & set(SYNTHETIC_OV_NOVEL_CLASSES)
+    with pytest.raises(ValueError, match=r"novel classes \['red square'\] combine a colour or shape that no base class has"):
+        held_out_split(["red square", "blue square"], novel_diagonals=(1,), block=6)  # no base class is red
+    train, val = (MetadataCatalog.get(n) for n in ("synthetic_shapes_ov_train_base", "synthetic_shapes_ov_val"))
+    assert train.thing_classes == list(SYNTHETIC_OV_BASE_CLASSES) and not train.get("novel_classes", None)
+    assert len(val.thing_classes) == 36 and val.novel_classes == list(SYNTHETIC_OV_NOVEL_CLASSES)

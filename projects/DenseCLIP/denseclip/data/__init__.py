@@ -40,11 +40,18 @@ from .synthetic_classes import (
     SYNTHETIC_SEM_SEG_CLASSES,
     grid_cell,
 )
+from .synthetic_open_vocabulary import (
+    SYNTHETIC_OV_BASE_CLASSES,
+    SYNTHETIC_OV_NOVEL_CLASSES,
+    held_out_split,
+    register_synthetic_open_vocabulary,
+)
 from .synthetic_registration import default_synthetic_root, register_synthetic_dataset, register_synthetic_from_config
 
 register_synthetic_dataset()
 register_ade20k()
 register_builtin_open_vocabulary()
+register_synthetic_open_vocabulary()
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -57,6 +64,8 @@ __all__ = [
     "SHAPES",
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_GRID_CLASSES",
+    "SYNTHETIC_OV_BASE_CLASSES",
+    "SYNTHETIC_OV_NOVEL_CLASSES",
     "SYNTHETIC_SEM_SEG_CLASSES",
     "SemSegDatasetMapper",
     "build_sem_seg_augmentations",
@@ -65,6 +74,7 @@ __all__ = [
     "default_synthetic_root",
     "generate_synthetic_dataset",
     "grid_cell",
+    "held_out_split",
     "is_open_vocabulary_dataset",
     "object_crops",
     "parse_dataset_spec",
@@ -81,6 +91,7 @@ __all__ = [
     "register_sem_seg_folder",
     "register_synthetic_dataset",
     "register_synthetic_from_config",
+    "register_synthetic_open_vocabulary",
     "register_tiny_coco",
     "validate_coco_json",
     "validate_sem_seg_folder",
