@@ -21,7 +21,9 @@ import sys
 def main(argv=None) -> int:
     from detectron2.utils.logger import setup_logger
 
+    from denseclip.cli_errors import one_line
     from denseclip.demo_cli import DemoError, get_parser, run_demo
+    from denseclip.engine import IncompatibleCheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     web = "--web" in (argv[: argv.index("--opts")] if "--opts" in argv else argv)
@@ -44,8 +46,8 @@ def main(argv=None) -> int:
     try:
         return serve(args) if web else run_demo(args).exit_code
     # bad config, --opts, vocabulary, weights, input, no onnxruntime for --onnx: the message, no traceback
-    except (DemoError, ValueError, FileNotFoundError, ImportError) as e:
-        print(f"demo.py: error: {e}", file=sys.stderr)
+    except (DemoError, ValueError, FileNotFoundError, ImportError, IncompatibleCheckpointError) as e:
+        print(f"demo.py: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

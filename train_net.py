@@ -8,13 +8,27 @@ this project).
     python train_net.py --config-file CFG --dataset my_train=ann.json:images/ DATASETS.TRAIN "('my_train',)"
 
 Without GPUs, ``--num-gpus N --cpu-processes`` trains with N CPU processes (gloo); ``--resume``
-continues from the ``last_checkpoint`` of OUTPUT_DIR.
+continues from the ``last_checkpoint`` of OUTPUT_DIR. ``--eval-only`` writes its config.yaml,
+log.txt and inference/ results into a new folder OUTPUT_DIR/eval/<weights name> (``-2``, ... when it
+exists): what the training run wrote in OUTPUT_DIR is never overwritten.
 """
 import argparse
-import sys
+import os
 from typing import Any
 
-from denseclip.engine import ConfigError, LaunchError, Trainer, cpu_processes_requested, default_argument_parser, launch, setup
+from denseclip.cli_errors import fail
+from denseclip.engine import (
+    ConfigError,
+    IncompatibleCheckpointError,
+    LaunchError,
+    Trainer,
+    cpu_processes_requested,
+    default_argument_parser,
+    launch,
+    redirect_evaluation_output,
+    setup,
+)
+from denseclip.reference_checkpoint import ReferenceCheckpointError
 
 
 def main(args: argparse.Namespace) -> Any:
@@ -23,7 +37,11 @@ def main(args: argparse.Namespace) -> Any:
         return Trainer.test(cfg, exported_model(args.onnx, cfg))
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # --resume reads the training run's last_checkpoint, not the evaluation's own folder.
+        training = cfg.clone()
+        training.defrost()
+        training.OUTPUT_DIR = getattr(args, "training_output_dir", cfg.OUTPUT_DIR)
+        Trainer.build_checkpointer(training, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -45,8 +63,14 @@ def exported_model(path: str, cfg) -> Any:
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
+    if args.onnx and not args.eval_only:
+        fail("train_net.py", f"--onnx {args.onnx}: an export is evaluated, not trained; add --eval-only")
+    if args.onnx and not os.path.exists(args.onnx):
+        fail("train_net.py", f"--onnx '{args.onnx}': no such export folder (export with tools/deploy/export_model.py --output {args.onnx})")
     try:
+        if args.eval_only:
+            print(f"train_net.py: --eval-only writes to {redirect_evaluation_output(args)} (the training run's files stay as they are)")
+        print("Command Line Args:", args)
         launch(
             main,
             args.num_gpus,
@@ -56,5 +80,6 @@ if __name__ == "__main__":
             args=(args,),
             cpu_processes=cpu_processes_requested(args),
         )
-    except (ConfigError, LaunchError) as e:  # a config or command-line mistake: its message, no traceback
-        sys.exit(f"train_net.py: error: {e}")
+    # a config, command-line or weights-file mistake (ReferenceCheckpointError is a ValueError): its message, no traceback
+    except (ConfigError, LaunchError, FileNotFoundError, IncompatibleCheckpointError, ReferenceCheckpointError) as e:
+        fail("train_net.py", e)

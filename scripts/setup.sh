@@ -46,7 +46,9 @@ echo "[setup] installing pinned packages (torch, open_clip, fvcore, pycocotools,
 pip_install pip==25.3 setuptools==80.9.0 wheel==0.45.1
 pip_install -r requirements/lock.txt
 echo "[setup] installing $D2_CHOICE"
-"$VENV_PY" scripts/install_detectron2.py 2> >(grep -v "FutureWarning\|warnings.warn\|^WARNING: Location" >&2)
+# PIP_QUIET: pip -q for the pip commands the installer runs (~70 "Requirement already satisfied"
+# lines otherwise); PIP_* variables are pip's own way to set its options.
+PIP_QUIET=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV_PY" scripts/install_detectron2.py 2> >(grep -v "FutureWarning\|warnings.warn\|^WARNING: Location" >&2)
 printf '%s\n' "$DETECTRON2_SRC" > "$CHOICE"
 echo "[setup] installing denseclip (editable)"
 pip_install --no-deps --no-build-isolation -e .

@@ -748,12 +748,21 @@ def test_resume_continues_from_last_checkpoint(first_run, tiny_data, tmp_path, m
 
 
 def test_eval_only_loads_weights(first_run, tiny_data, tmp_path):
+    """--eval-only writes into OUTPUT_DIR/eval/<weights>: the training run's config.yaml, log and
+    inference results stay as they were (it used to overwrite and append to them)."""
+    training_files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    (tmp_path / "config.yaml").write_text("the training run's\n")
     proc = run_train_net(["--eval-only", *train_args(
         tiny_data, tmp_path, "MODEL.WEIGHTS", str(first_run / "model_final.pth"), "DATASETS.TEST", "('engine_tiny_val',)")])
     output = proc.stdout + proc.stderr
     assert "MODEL.DEVICE cuda -> cpu" in output  # Detectron2's default device, without a GPU
     assert f"Loading from {first_run / 'model_final.pth'}" in output
-    assert (tmp_path / "inference" / "engine_tiny_val" / "coco_instances_results.json").is_file()
+    evaluation = tmp_path / "eval" / "model_final"
+    assert f"--eval-only writes to {evaluation}" in output
+    assert (evaluation / "inference" / "engine_tiny_val" / "coco_instances_results.json").is_file()
+    assert (evaluation / "config.yaml").is_file() and "\x1b[" not in (evaluation / "log.txt").read_text()
+    assert (tmp_path / "config.yaml").read_text() == "the training run's\n" and not (tmp_path / "inference").exists()
+    assert all(p.read_bytes() == content for p, content in training_files.items())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
@@ -790,6 +799,6 @@ def test_two_cpu_processes_with_gloo(tiny_data, tmp_path):
         log = (tmp_path / log_file).read_text()
         assert f"Rank of current process: {rank}. World size: 2" in log
         assert "Total training time" in log, f"rank {rank} did not finish"
-    assert "NaiveSyncBatchNorm" in (tmp_path / "log.txt").read_text()  # the configs' SyncBN, over gloo
+    assert "SyncBatchNorm layers -> CPUSyncBatchNorm (gloo)" in (tmp_path / "log.txt").read_text()  # the configs' SyncBN
     assert [m["iteration"] for m in training_metrics(tmp_path)] == [0, 1]
     assert (tmp_path / "model_final.pth").is_file()

@@ -4,10 +4,12 @@ order, box decoding), the reference's attention-pool positions and score maps, t
 errors that name the tensor. The checkpoints are built from the reference's key list
 (tests/reference_layout.py) with random values: no download."""
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO_ROOT
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList
 from reference_layout import COCO_CLASSES, reference_checkpoint, reference_state_dict
@@ -21,6 +23,7 @@ from denseclip.reference_checkpoint import (
     retinanet_anchor_permutation,
     to_reference_state_dict,
 )
+from denseclip.reference_checkpoint_files import check_conversion_is_complete
 
 PAPER_CONFIGS = {
     "retinanet_denseclip": "COCO/retinanet_denseclip_R50_FPN_1x.yaml",
@@ -213,3 +216,31 @@ def test_missing_extra_and_misshapen_tensors_are_named(converted_models, tmp_pat
     model = converted_models["retinanet_denseclip"][0]
     with pytest.raises(IncompatibleCheckpointError, match=r"fpn\.fpn_lateral5\.weight: checkpoint \(256, 2127, 1, 1\)"):
         AtomicDetectionCheckpointer(model).load(str(path))
+
+
+def test_incomplete_or_misshapen_checkpoint_is_refused_at_conversion_and_at_load(converted_models, tmp_path, capsys):
+    """A missing tensor used to convert with exit 0 and load with that tensor left random."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import convert_reference_checkpoint
+
+    missing = reference_checkpoint("retinanet_denseclip", 50)
+    del missing["state_dict"]["backbone.attnpool.q_proj.bias"]
+    source, output = tmp_path / "missing.pth", tmp_path / "converted.pth"
+    torch.save(missing, source)
+    with pytest.raises(SystemExit) as exit_info:
+        convert_reference_checkpoint.main([str(source), str(output)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and not output.exists()
+    assert "lacks 1 tensor(s) of the retinanet model: backbone.attnpool.q_proj.bias" in err
+    model = converted_models["retinanet_denseclip"][0]
+    with pytest.raises(IncompatibleCheckpointError, match=r"lacks 1 tensor\(s\) of the model: backbone\.attnpool\.q_proj\.bias"):
+        AtomicDetectionCheckpointer(model).load(str(source))
+
+    # A tensor of another shape: refused at conversion (not only at load), by name and both shapes.
+    wrong = reference_state_dict("retinanet_denseclip", 50)
+    wrong["backbone.attnpool.q_proj.bias"] = torch.zeros(7)
+    with pytest.raises(ReferenceCheckpointError, match=r"backbone\.attnpool\.q_proj\.bias \(7,\) \(expected \(2048,\)\)"):
+        check_conversion_is_complete(convert_reference_state_dict(wrong), model.state_dict(),
+                                     detect_reference_layout(wrong), "wrong.pth")
+    check_conversion_is_complete(convert_reference_state_dict(reference_state_dict("retinanet_denseclip", 50)),
+                                 model.state_dict(), detect_reference_layout(wrong))  # the complete one passes

@@ -195,7 +195,9 @@ def test_converted_model_gives_the_reference_logits(tiny_reference, mode, size):
 def test_conversion_tool_writes_the_same_state(tiny_reference, tmp_path, monkeypatch, capsys):
     source, _, _, path = tiny_reference
     output = tmp_path / "converted.pth"
-    monkeypatch.setattr("sys.argv", ["convert_reference_checkpoint.py", str(path), str(output)])
+    # The tiny model's config: the tool checks every tensor against it (by default: the paper config's model).
+    monkeypatch.setattr("sys.argv", ["convert_reference_checkpoint.py", "--config-file", str(REPO_ROOT / "configs" / BASE_CONFIG),
+                                     str(path), str(output), *map(str, tiny_opts())])
     runpy.run_path(str(REPO_ROOT / "tools" / "convert_reference_checkpoint.py"), run_name="__main__")
     assert "semantic_fpn DenseCLIP" in capsys.readouterr().out
     converted = torch.load(output, weights_only=True)

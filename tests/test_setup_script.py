@@ -88,3 +88,13 @@ def test_setup_before_the_choice_file_reads_the_stamp(repo_copy):
     proc = run_setup(repo_copy, None)
     assert "environment is up to date" in proc.stdout and upstream in proc.stdout
     assert installs(repo_copy) == []
+
+
+def test_setup_runs_the_detectron2_installers_pip_quietly(repo_copy):
+    """pip printed ~70 "Requirement already satisfied" lines while Detectron2 was installed."""
+    python = repo_copy / ".venv" / "bin" / "python"
+    python.write_text(FAKE_PYTHON.replace("DETECTRON2_SRC=${DETECTRON2_SRC-<unset>}", "PIP_QUIET=${PIP_QUIET-<unset>}"))
+    run_setup(repo_copy, "")
+    assert [c for c in calls(repo_copy) if "install_detectron2.py" in c] == ["PIP_QUIET=1 scripts/install_detectron2.py"]
+    pip_calls = [c for c in calls(repo_copy) if " -m pip install" in c]
+    assert pip_calls and all(" -q " in c for c in pip_calls)

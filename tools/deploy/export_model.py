@@ -17,12 +17,14 @@ differences are printed.
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "projects" / "DenseCLIP"))
 
 FORMATS = ("onnx", "torch.export", "torchscript")
+PROGRAM = "export_model.py"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,34 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_folder(output: str) -> None:
+    """Fail (one line) unless ``output`` is a folder that can be created and written: checked before the
+    model is built, so that a typo costs seconds, not an export."""
+    import tempfile
+
+    from denseclip.cli_errors import fail
+
+    if os.path.exists(output) and not os.path.isdir(output):
+        fail(PROGRAM, f"--output '{output}' is a file: give a folder for the exported files (e.g. {output}_export)")
+    try:
+        os.makedirs(output, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as e:
+        fail(PROGRAM, f"--output '{output}' cannot be written ({e.strerror}): give a folder you can write to")
+
+
+def check_sample_image(path: str) -> None:
+    """Fail (one line) unless --sample-image is a readable image: found before anything is exported."""
+    from denseclip.cli_errors import fail
+    from denseclip.data.mapper import BadImageError, read_image_robust
+
+    try:
+        read_image_robust(path, format="BGR")
+    except BadImageError as e:
+        fail(PROGRAM, f"--sample-image '{path}' cannot be used: {e.reason}")
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     from detectron2.utils.logger import setup_logger
@@ -47,18 +77,20 @@ def main(argv=None) -> int:
     setup_logger()
     logger = setup_logger(name="denseclip", abbrev_name="denseclip")
 
+    from denseclip.cli_errors import one_line_errors
     from denseclip.demo_cli import setup_cfg
     from denseclip.deploy import ExportedPredictor, export_model
     from denseclip.deploy.parity import compare_predictions
     from denseclip.engine import ConfigError
     from denseclip.predictor import DenseCLIPPredictor
 
-    try:
+    if args.sample_image:
+        check_sample_image(args.sample_image)
+    check_output_folder(args.output)
+    with one_line_errors(PROGRAM, ConfigError, ValueError, FileNotFoundError, ImportError):
         cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, cpu=True))
         predictor = DenseCLIPPredictor(cfg, vocabulary=args.vocabulary)
         manifest = export_model(predictor.model, predictor.cfg, args.output, args.format)
-    except (ConfigError, ValueError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"export_model.py: error: {e}")
     files = ", ".join(g["file"] for g in manifest["graphs"].values())
     logger.info("Exported %s (%d classes) to %s: %s", manifest["meta_architecture"], len(manifest["class_names"]), args.output, files)
     if args.sample_image:

@@ -50,6 +50,7 @@ def create_clip_model(
     quick_gelu: bool = True,
     model_config_file: str = "",
     pretrained_sha256: str = "",
+    report_random: bool = True,
 ) -> torch.nn.Module:
     """Build an open_clip CLIP model and load its weights.
 
@@ -61,6 +62,8 @@ def create_clip_model(
         quick_gelu: use QuickGELU activations, as OpenAI's released weights require.
         model_config_file: optional JSON file defining a custom architecture named ``model_name``.
         pretrained_sha256: optional checksum the local file must have.
+        report_random: log (info) that the weights are random when ``pretrained`` is empty; False
+            when weights of the whole model (MODEL.WEIGHTS) are loaded next (then: debug).
     """
     if model_config_file:
         registered = register_model_config(model_config_file)
@@ -85,7 +88,9 @@ def create_clip_model(
     if is_file:
         load_clip_weights(model, pretrained, expected_sha256=pretrained_sha256)
     else:
-        logger.info("CLIP %s: random initialisation (MODEL.CLIP.PRETRAINED is empty)", model_name)
+        # Said only where it matters: a model whose MODEL.WEIGHTS load right after has trained weights.
+        logger.log(logging.INFO if report_random else logging.DEBUG,
+                   "CLIP %s: random initialisation (MODEL.CLIP.PRETRAINED is empty)", model_name)
     return model
 
 

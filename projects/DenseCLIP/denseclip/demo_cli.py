@@ -105,11 +105,11 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     --cpu; frozen. The class names are resolved by the predictor (a --vocabulary may have to name
     them). A wrong key or value in --opts raises ``denseclip.engine.ConfigError`` naming the
     overrides as given, as train_net.py does."""
-    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []))
+    # --cpu wins over --opts, and build_config then reports no CUDA fallback.
+    device = "cpu" if getattr(args, "cpu", False) else None
+    cfg = build_config(args.config_file, list(getattr(args, "opts", None) or []), device=device)
     register_datasets_from_config(cfg)
     cfg.merge_from_list(_threshold_opts(args))
-    if getattr(args, "cpu", False):
-        cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.WEIGHTS and cfg.MODEL.CLIP.PRETRAINED:
         # MODEL.WEIGHTS holds the whole model, CLIP towers included: no need to fetch CLIP first.
         logger.info("MODEL.WEIGHTS given: MODEL.CLIP.PRETRAINED '%s' is not loaded", cfg.MODEL.CLIP.PRETRAINED)

@@ -34,6 +34,7 @@ __all__ = [
     "convert_reference_state_dict",
     "detect_reference_layout",
     "is_reference_checkpoint",
+    "reference_names",
     "retinanet_anchor_permutation",
     "to_reference_state_dict",
 ]
@@ -257,6 +258,14 @@ def convert_reference_state_dict(
             f"{', '.join(unknown[:10])}{', ...' if len(unknown) > 10 else ''}"
         )
     return converted
+
+
+def reference_names(our_names: Sequence[str], layout: ReferenceLayout) -> Dict[str, str]:
+    """The reference name of each of ``our_names`` that has one in ``layout`` (the others are
+    parts of our models that the authors' checkpoints do not hold)."""
+    names = _NameMap(layout)
+    found = {name: names.to_reference(name) for name in our_names}
+    return {ours: ref for ours, ref in found.items() if ref is not None}
 
 
 def to_reference_state_dict(

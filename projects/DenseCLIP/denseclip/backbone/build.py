@@ -30,6 +30,7 @@ def create_clip_from_config(cfg: CfgNode) -> nn.Module:
         quick_gelu=c.QUICK_GELU,
         model_config_file=c.MODEL_CONFIG_FILE,
         pretrained_sha256=c.PRETRAINED_SHA256,
+        report_random=not cfg.MODEL.WEIGHTS,  # MODEL.WEIGHTS replace the random weights right after
     )
 
 
@@ -62,7 +63,7 @@ def create_text_clip_from_config(cfg: CfgNode) -> nn.Module:
     if cfg.MODEL.CLIP.MODEL_CONFIG_FILE:  # a custom architecture may be named here as well
         register_model_config(cfg.MODEL.CLIP.MODEL_CONFIG_FILE)
     name, pretrained = text_clip_spec(cfg)
-    return create_clip_model(name, pretrained=pretrained, quick_gelu=cfg.MODEL.CLIP.QUICK_GELU)
+    return create_clip_model(name, pretrained=pretrained, quick_gelu=cfg.MODEL.CLIP.QUICK_GELU, report_random=not cfg.MODEL.WEIGHTS)
 
 
 def wrap_clip_visual(cfg: CfgNode, visual: nn.Module, with_attention_pool: bool) -> Backbone:

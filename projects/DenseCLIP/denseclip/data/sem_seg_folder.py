@@ -72,8 +72,10 @@ def _image_size(path: str) -> Tuple[int, int]:
 
 
 def _pair_files(image_root: str, label_root: str) -> Tuple[List[Tuple[str, str]], List[str]]:
-    """(image, label) pairs by relative path and stem, and the images that have no label."""
+    """(image, label) pairs by relative path and stem, and the images that have no label. Two
+    images of the same stem (a.jpg and a.png) would both be paired with a.png: an error naming them."""
     pairs, unlabelled = [], []
+    images_of_label: Dict[str, List[str]] = {}
     for folder, dirs, files in os.walk(image_root):
         dirs.sort()
         for file in sorted(files):
@@ -83,8 +85,17 @@ def _pair_files(image_root: str, label_root: str) -> Tuple[List[Tuple[str, str]]
             label = os.path.join(label_root, os.path.splitext(os.path.relpath(image, image_root))[0] + ".png")
             if os.path.isfile(label):
                 pairs.append((image, label))
+                images_of_label.setdefault(label, []).append(os.path.relpath(image, image_root))
             else:
                 unlabelled.append(os.path.relpath(image, image_root))
+    shared = {label: images for label, images in images_of_label.items() if len(images) > 1}
+    if shared:
+        label, images = next(iter(shared.items()))
+        raise ValueError(
+            f"{len(shared)} label PNG(s) in {label_root} would label two or more images of the same name: "
+            f"{os.path.relpath(label, label_root)} <- {' and '.join(images)} in {image_root}"
+            f"{f' (and {len(shared) - 1} more)' if len(shared) > 1 else ''}. Keep one image per name (move or rename the others)"
+        )
     return pairs, unlabelled
 
 
@@ -105,8 +116,9 @@ def validate_sem_seg_folder(image_root: str, label_root: str, num_classes: int) 
     """Check a folder pair and return its summary (records, pixel counts per class).
 
     Raises FileNotFoundError for a missing folder, ValueError naming the files for: no images,
-    images without a label PNG, unreadable images, labels that are not single-channel, a label
-    whose size differs from its image's, and label values that are neither a class index
+    images without a label PNG, two images paired with one label PNG (a.jpg and a.png), unreadable
+    images, labels that are not single-channel, a label whose size differs from its image's, labels
+    whose every pixel is 255 (ignore), and label values that are neither a class index
     (0 .. num_classes - 1) nor 255. Label PNGs without an image are logged and ignored.
     """
     image_root, label_root = os.fspath(image_root), os.fspath(label_root)
@@ -154,6 +166,12 @@ def validate_sem_seg_folder(image_root: str, label_root: str, num_classes: int) 
         raise ValueError(
             f"Label values {sorted(outside)} in {label_root} are outside the {num_classes} classes (valid: 0-"
             f"{num_classes - 1}, and {IGNORE_LABEL} = ignore), in {len(files)} file(s): {_examples(files)}"
+        )
+    if all(set(r["values"].tolist()) <= {IGNORE_LABEL} for r in inspected):
+        raise ValueError(
+            f"Every pixel of the {len(inspected)} label PNG(s) in {label_root} is {IGNORE_LABEL} (= ignore): there is "
+            f"nothing to train or evaluate on (the loss would be 0 and mIoU nan). Label the pixels with their class "
+            f"index (0-{num_classes - 1}, in the order of the classes file); 255 marks only pixels to ignore"
         )
     records = [
         {"file_name": r["image"], "sem_seg_file_name": r["label"], "width": r["size"][0], "height": r["size"][1]}

@@ -32,7 +32,11 @@ from .runtime import load_graph
 
 
 def read_manifest(path: str) -> Tuple[str, Dict[str, Any]]:
-    """The export folder and its manifest, for the folder, its manifest or one of its graph files."""
+    """The export folder and its manifest, for the folder, its manifest or one of its graph files;
+    a missing path, or a graph file the manifest names that is not there, is a FileNotFoundError
+    naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"'{path}': no such export folder (export with tools/deploy/export_model.py --output {path})")
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     manifest_path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(manifest_path):
@@ -40,7 +44,14 @@ def read_manifest(path: str) -> Tuple[str, Dict[str, Any]]:
             f"'{path}' is not a DenseCLIP export: {manifest_path} is missing (export with tools/deploy/export_model.py)"
         )
     with open(manifest_path) as f:
-        return folder, json.load(f)
+        manifest = json.load(f)
+    missing = [g["file"] for g in manifest.get("graphs", {}).values() if not os.path.isfile(os.path.join(folder, g["file"]))]
+    if missing:
+        raise FileNotFoundError(
+            f"the export '{folder}' is incomplete: {', '.join(missing)} missing (its {MANIFEST} names them); "
+            "export again with tools/deploy/export_model.py"
+        )
+    return folder, manifest
 
 
 def exported_config(folder: str, manifest: Dict[str, Any], opts: Sequence[str] = ()) -> CfgNode:

@@ -12,6 +12,7 @@ from .optimizer import (
     model_parameter_groups,
     resolve_step_fractions,
 )
+from .run_output import redirect_evaluation_output
 from .trainer import (
     AutocastTrainer,
     GradScalerOverflowLogger,
@@ -43,6 +44,7 @@ __all__ = [
     "get_denseclip_param_groups",
     "launch",
     "merge_config_file",
+    "redirect_evaluation_output",
     "merge_overrides",
     "model_parameter_groups",
     "resolve_step_fractions",

@@ -32,7 +32,14 @@ from detectron2.utils import comm
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch.nn.parallel import DistributedDataParallel
 
-from ..reference_checkpoint import convert_reference_state_dict, is_reference_checkpoint
+from ..reference_checkpoint import (
+    ReferenceLayout,
+    convert_reference_state_dict,
+    detect_reference_layout,
+    is_reference_checkpoint,
+    reference_names,
+)
+from ..reference_checkpoint_files import checkpoint_file_problem
 
 __all__ = ["AtomicDetectionCheckpointer", "IncompatibleCheckpointError", "atomic_write", "checkpoint_vocabulary"]
 
@@ -130,6 +137,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.reinit_mismatched = reinit_mismatched
         self._loading: str = ""
+        self._reference_layout: Optional[ReferenceLayout] = None  # of the reference checkpoint being loaded
         self._stale_checked = False
 
     def _remove_stale_temporaries(self) -> None:
@@ -213,7 +221,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             return {"model": load_file(filename, device="cpu")}
         try:
             loaded = torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+            problem = checkpoint_file_problem(filename, e)
+            if problem is not None:  # empty, truncated, not a checkpoint: e.g. an interrupted download
+                raise IncompatibleCheckpointError(f"cannot read '{filename}': {problem}") from e
             raise RuntimeError(
                 f"'{filename}' contains Python objects other than tensors and plain containers, "
                 "which torch.load(weights_only=True) refuses to unpickle. Re-save only the state "
@@ -227,6 +238,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             # The authors' mmdetection checkpoint: converted to this project's names on the fly.
             self.logger.info(f"'{filename}' is a DenseCLIP reference (mmdetection) checkpoint: converting it")
             classes = loaded["meta"].get("CLASSES") if isinstance(loaded["meta"], dict) else None
+            self._reference_layout = detect_reference_layout(loaded["state_dict"])
             converted: Dict[str, Any] = {"model": convert_reference_state_dict(loaded["state_dict"])}
             if classes:
                 converted["vocabulary"] = list(classes)
@@ -272,9 +284,25 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 "Set MODEL.REINIT_VOCABULARY_MISMATCH True to load all other weights and keep these "
                 "freshly initialised."
             )
+        self._check_reference_complete(incompatible.missing_keys, {key for key, _, _ in mismatched})
         if mismatched:
             self.logger.warning(
                 f"MODEL.REINIT_VOCABULARY_MISMATCH: kept {len(mismatched)} freshly initialised "
                 f"tensor(s) instead of those of '{self._loading}':\n{_format_shapes(mismatched)}"
             )
         return incompatible
+
+    def _check_reference_complete(self, missing_keys: Sequence[str], mismatched: Any) -> None:
+        """An authors' checkpoint holds every tensor of its model: one it lacks (that the model's
+        layout maps to a reference name) would stay random with only fvcore's log warning."""
+        layout, self._reference_layout = self._reference_layout, None
+        if layout is None:
+            return
+        lacking = reference_names([k for k in missing_keys if k not in mismatched], layout)
+        if lacking:
+            names = list(lacking.values())
+            raise IncompatibleCheckpointError(
+                f"'{self._loading}' is an authors' checkpoint that lacks {len(names)} tensor(s) of the model: "
+                f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}; they would stay random. Download the "
+                "checkpoint again (tools/convert_reference_checkpoint.py checks a file without loading it)"
+            )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
@@ -18,7 +18,7 @@ from detectron2.data import DatasetCatalog
 from ..config import add_denseclip_config
 from .optimizer import resolve_step_fractions
 
-__all__ = ["ConfigError", "build_config", "check_dataset_names", "merge_config_file", "merge_overrides"]
+__all__ = ["ConfigError", "build_config", "check_dataset_names", "command_line_config", "merge_config_file", "merge_overrides"]
 
 logger = logging.getLogger("denseclip")
 
@@ -64,6 +64,18 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
         cfg.merge_from_list(list(opts))
     except _CONFIG_ERRORS as e:
         raise ConfigError(f"Invalid config override(s) {list(opts)}: {_reason(e)}") from e
+
+
+def command_line_config(args: Any) -> CfgNode:
+    """The config file (``args.config_file``) and KEY VALUE overrides (``args.opts``) of a command
+    line, merged into the defaults without registering datasets: what the launcher reads before
+    the processes start."""
+    cfg = get_cfg()
+    add_denseclip_config(cfg)
+    if args.config_file:
+        merge_config_file(cfg, args.config_file)
+    merge_overrides(cfg, args.opts or [])
+    return cfg
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -166,16 +178,19 @@ def check_dataset_names(cfg: CfgNode) -> None:
         )
 
 
-def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
+def build_config(config_file: str = "", opts: Sequence[str] = (), device: Optional[str] = None) -> CfgNode:
     """An unfrozen config: defaults with the DenseCLIP keys, ``config_file``, then the KEY VALUE
-    ``opts`` (:class:`ConfigError` naming the file or the overrides); MODEL.DEVICE falls back to the
-    CPU without CUDA; SOLVER.STEP_FRACTIONS resolved into SOLVER.STEPS (:func:`_resolve_lr_steps`);
-    keys the models would ignore rejected."""
+    ``opts`` (:class:`ConfigError` naming the file or the overrides), then ``device`` (e.g. "cpu" for
+    a ``--cpu`` flag) as MODEL.DEVICE; MODEL.DEVICE falls back to the CPU without CUDA (reported
+    unless ``device`` asked for the CPU); SOLVER.STEP_FRACTIONS resolved into SOLVER.STEPS
+    (:func:`_resolve_lr_steps`); keys the models would ignore rejected."""
     cfg = get_cfg()
     add_denseclip_config(cfg)
     if config_file:
         merge_config_file(cfg, config_file)
     merge_overrides(cfg, opts)
+    if device:
+        cfg.MODEL.DEVICE = device
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # Detectron2's default device is "cuda"; the CPU quickstart should not need an override.
         logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)

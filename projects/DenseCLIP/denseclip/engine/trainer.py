@@ -15,23 +15,24 @@ from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.engine import default_argument_parser as d2_default_argument_parser
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
-from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor, build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_denseclip_config
+from ..backbone.norm import CPUSyncBatchNorm, sync_batchnorm_to_cpu
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
 from ..evaluation import build_coco_evaluator, evaluation_model
 from ..modeling.vocabulary import record_vocabulary
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import ConfigError, build_config, check_dataset_names, merge_config_file, merge_overrides
+from .config import ConfigError, build_config, check_dataset_names, command_line_config
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
+from .run_output import PLAIN_TEXT_LOGS
 
 __all__ = [
     "AutocastTrainer",
@@ -254,6 +255,20 @@ class Trainer(DefaultTrainer):
         return ret
 
     @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """Detectron2's ``build_model``. In CPU processes (gloo) its ``torch.nn.SyncBatchNorm`` layers
+        (NORM "SyncBN" of Detectron2's heads, FPN or ResNet), which DDP refuses on CPU ("SyncBatchNorm
+        layers only work with GPU modules"), become :class:`CPUSyncBatchNorm`: the same statistics
+        over all processes, the same state-dict keys. GPU processes keep ``torch.nn.SyncBatchNorm``."""
+        model = build_model(cfg)
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            model = sync_batchnorm_to_cpu(model)
+            synchronised = sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules())
+            logger.info(f"CPU processes: {synchronised} SyncBatchNorm layers -> CPUSyncBatchNorm (gloo)")
+        logger.info(f"Model:\n{model}")
+        return model
+
+    @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg, model)
 
@@ -335,12 +350,7 @@ def cpu_processes_requested(args: argparse.Namespace) -> bool:
     in the config file or the overrides (read without registering datasets)."""
     if getattr(args, "cpu_processes", False):
         return True
-    cfg = get_cfg()
-    add_denseclip_config(cfg)
-    if args.config_file:
-        merge_config_file(cfg, args.config_file)
-    merge_overrides(cfg, args.opts or [])
-    return cfg.MODEL.DEVICE == "cpu"
+    return command_line_config(args).MODEL.DEVICE == "cpu"
 
 
 class _HeldLogRecords(logging.Handler):
@@ -400,13 +410,17 @@ def setup(args: argparse.Namespace) -> CfgNode:
     # before logging is set up: held back, then written to the console and log.txt.
     with _HeldLogRecords("denseclip") as held:
         cfg = build_config(args.config_file, args.opts or [])
-        register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        try:
+            register_datasets_from_config(cfg, list(getattr(args, "dataset", None) or []))
+        except (ValueError, FileNotFoundError) as e:  # the files' problems, named: no traceback
+            raise ConfigError(f"dataset: {e}") from e
         check_dataset_names(cfg)
         try:
             record_vocabulary(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg.freeze()
+    logging.getLogger("detectron2").addFilter(PLAIN_TEXT_LOGS)  # the same object: added once
     default_setup(cfg, args)
     # default_setup only configures the "detectron2" and "fvcore" loggers.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="denseclip", abbrev_name="denseclip")

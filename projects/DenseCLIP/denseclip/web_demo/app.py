@@ -9,9 +9,11 @@ internet). Requests are served one at a time: the vocabulary is the model's stat
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import logging
 import os
+import socket
 import tempfile
 from typing import List, Optional, Sequence
 
@@ -57,6 +59,22 @@ def _pass_undecodable_uploads(image: gr.Image) -> gr.Image:
 
     image.preprocess = tolerant_preprocess
     return image
+
+
+def _pass_unusable_thresholds(slider: gr.Slider) -> gr.Slider:
+    """Let a score threshold that Gradio's slider refuses (a typed -3, text: "Could not preprocess
+    input component ... TypeError") reach the handler as given, so that the page says which values
+    are allowed (WebDemoSession.check_threshold). Wraps this one component's method, as above."""
+    preprocess = slider.preprocess
+
+    def tolerant_preprocess(payload):
+        try:
+            return preprocess(payload)
+        except Exception:  # noqa: BLE001 - WebDemoSession.check_threshold gives the reason
+            return payload
+
+    slider.preprocess = tolerant_preprocess
+    return slider
 
 
 def example_images(folder: str, count: int = 3, size: int = 384) -> List[str]:
@@ -110,8 +128,9 @@ def build_app(session: WebDemoSession, examples: Sequence[str] = (), vocabulary:
                 with gr.Row(visible=not fixed):
                     for name, (description, _) in VOCABULARY_PRESETS.items():
                         preset_buttons.append((name, gr.Button(name, size="sm", min_width=60)))
-                score = gr.Slider(MODEL_SCORE_FLOOR, 1.0, value=max(threshold, MODEL_SCORE_FLOOR), step=0.01,
-                                  label="Score threshold", info="detections, and score-map pixels of the semantic map")
+                score = _pass_unusable_thresholds(gr.Slider(
+                    MODEL_SCORE_FLOOR, 1.0, value=max(threshold, MODEL_SCORE_FLOOR), step=0.01,
+                    label="Score threshold", info="detections, and score-map pixels of the semantic map"))
                 drawing = gr.Radio(list(DRAWINGS), value=DRAW_DETECTIONS, label="Drawing")
                 # Its choices follow the image; the session checks the value (the API may send any).
                 score_map_class = gr.Dropdown([HIGHEST_SCORE_MAP], value=HIGHEST_SCORE_MAP, label="Score map of",
@@ -155,6 +174,30 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None, 
 
 
 # ------------------------------------------------------------------------------------ command line
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a TCP port: give a number from 1 to 65535 (e.g. 7860)")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise DemoError when ``host``:``port`` cannot be listened on (in use, not an address of this
+    machine, a privileged port): found before the model is built and before the page's URL is logged."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except socket.gaierror as e:
+        raise DemoError(f"--host '{host}' is not an address of this machine ({e.strerror}): give e.g. 127.0.0.1") from e
+    except OSError as e:
+        why = "is in use (another web demo or program listens on it)" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror})"
+        raise DemoError(f"port {port} on {host} {why}: give another --port, e.g. --port {port + 1 if port < 65535 else 7860}") from e
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="demo.py --web", description="DenseCLIP web demo: a local Gradio page (upload or webcam, vocabulary, "
@@ -163,7 +206,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the local network too)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=_port, default=7860, help="port to listen on (1-65535)")
     parser.add_argument("--vocabulary", default=None, help="initial vocabulary (names or a preset); default: the model's classes")
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="initial score threshold of the slider")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (MODEL.DEVICE cpu)")
@@ -186,13 +229,16 @@ def create_session(args: argparse.Namespace) -> WebDemoSession:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Build the model of parsed ``get_parser()`` arguments and serve the page until Ctrl+C."""
+    """Build the model of parsed ``get_parser()`` arguments and serve the page until Ctrl+C. The
+    page's URL is logged once the server listens."""
+    check_port_free(args.host, args.port)
     session = create_session(args)
     examples = example_images(args.examples_dir)
     app = build_app(session, examples, vocabulary=args.vocabulary, threshold=args.confidence_threshold)
-    logger.info("DenseCLIP web demo on http://%s:%d (Ctrl+C stops it)", args.host, args.port)
     try:
-        launch(app, args.host, args.port, allowed_paths=[args.examples_dir], block=True)
-    except OSError as e:  # Gradio's "Cannot find empty port in range: ..."
+        url = launch(app, args.host, args.port, allowed_paths=[args.examples_dir], block=False)
+    except OSError as e:  # Gradio's "Cannot find empty port in range: ...": taken since the check
         raise DemoError(f"cannot serve on {args.host}:{args.port} ({e}); give another --port or --host") from e
+    logger.info("DenseCLIP web demo on %s (Ctrl+C stops it)", url)
+    app.block_thread()
     return 0

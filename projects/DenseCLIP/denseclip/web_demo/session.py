@@ -150,9 +150,10 @@ class WebDemoSession:
         return True
 
     # ------------------------------------------------------------------------------- the image
-    def read_image(self, path: str) -> Tuple[np.ndarray, str]:
-        """The BGR image of an uploaded file and a note ("" or how it was scaled down). Files that
-        are not images, or have more than ``max_image_pixels`` pixels, raise WebDemoInputError."""
+    def read_image(self, path: str) -> Tuple[np.ndarray, str, Tuple[int, int]]:
+        """The BGR image of an uploaded file, a note ("" or how it was scaled down) and the
+        uploaded image's (width, height). Files that are not images, or have more than
+        ``max_image_pixels`` pixels, raise WebDemoInputError."""
         name = os.path.basename(str(path))
         try:
             with warnings.catch_warnings():
@@ -180,8 +181,21 @@ class WebDemoSession:
             scale = self.max_side / max(h, w)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            note = f"scaled down from {w} x {h} to {size[0]} x {size[1]} (--max-side {self.max_side})"
-        return np.ascontiguousarray(image), note
+            note = (f"scaled down from {w} x {h} to {size[0]} x {size[1]} for the model (--max-side {self.max_side}); "
+                    "the table's boxes are in the uploaded image's pixels")
+        return np.ascontiguousarray(image), note, (w, h)
+
+    @staticmethod
+    def check_threshold(threshold: object) -> float:
+        """The score threshold as a float in [0, 1]; anything else (the API or a typed value may
+        send -3 or text) raises WebDemoInputError saying what is allowed."""
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 <= value <= 1.0:  # also NaN
+            raise WebDemoInputError(f"Score threshold {threshold!r} is not a score: give a number from 0 to 1 (e.g. 0.5)")
+        return value
 
     # ------------------------------------------------------------------------------- a request
     def run(self, image_path: Optional[str], vocabulary: str, threshold: float, drawing: str = DRAW_DETECTIONS,
@@ -204,21 +218,25 @@ class WebDemoSession:
             raise WebDemoInputError(f"unknown drawing {drawing!r}; choose one of {', '.join(DRAWINGS)}")
         if not image_path:
             raise WebDemoInputError("no image: upload one, take one with the webcam or pick an example")
-        image, note = self.read_image(image_path)  # first: a refused request changes nothing
+        threshold = self.check_threshold(threshold)
+        image, note, (width, height) = self.read_image(image_path)  # first: a refused request changes nothing
         changed = False if self.vocabulary_is_fixed else self.set_vocabulary(vocabulary)
         prediction, cached = self._predict(image)
-        threshold = float(threshold)
+        # The model saw a scaled-down copy of a large upload: the table is in the upload's pixels.
+        to_upload = np.array([width / image.shape[1], height / image.shape[0]] * 2)
 
         draw_start = time.perf_counter()
         if "instances" in prediction.predictions:
             instances = prediction.predictions["instances"].to("cpu")
             instances = instances[instances.scores >= threshold]
             names = self.class_names
-            rows = [[names[label], round(score, 3), *(round(v, 1) for v in box)] for box, score, label in
+            rows = [[names[label], round(score, 3), *(round(float(v), 1) for v in np.array(box) * to_upload)]
+                    for box, score, label in
                     zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist())]
             summary = f"**{len(rows)} detection(s)** with score ≥ {threshold:.2f}"
         else:  # a segmentation model: one row per class present, its mean probability and extent
-            rows = _segment_rows(*self._pixel_labels(prediction, threshold))
+            rows = [[*row[:2], *(round(float(v), 1) for v in np.array(row[2:]) * to_upload)]
+                    for row in _segment_rows(*self._pixel_labels(prediction, threshold))]
             summary = f"**{len(rows)} class(es) segmented** with probability ≥ {threshold:.2f}"
         if drawing == DRAW_DETECTIONS and "instances" in prediction.predictions:
             drawn = draw_predictions(image, {"instances": instances}, self.predictor.metadata)[:, :, ::-1]
