@@ -23,7 +23,7 @@ setup(
         # The web demo (python demo.py --web); scripts/setup.sh installs it with the exact versions
         # of its dependencies from requirements/web.txt.
         "web": ["gradio==6.31.0", "gradio_client==2.7.2"],
-        # tools/deploy (export to ONNX with torch.onnx's dynamo exporter, run in ONNX Runtime) and its
+        # tools/deploy (export to ONNX with torch.onnx's exporters, run in ONNX Runtime) and its
         # tests; the dependencies these pull in beyond requirements/lock.txt are pinned too.
         "deploy": [
             "onnx==1.23.2",

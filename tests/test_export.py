@@ -1,6 +1,8 @@
 """Export (ONNX, torch.export, traced TorchScript) of the detectors with the vocabulary baked in,
-and the runner: on real photos the exported model's detections equal the PyTorch model's."""
+and the runners: on real photos the exported model's detections equal the PyTorch model's, also
+from tools/deploy/onnx_infer.py in a process that cannot import PyTorch."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,59 +77,158 @@ def assert_parity(model, runner, inputs):
     assert detections >= 10
 
 
+# A sitecustomize that makes importing PyTorch, torchvision, Detectron2 or this project fail.
+TORCH_BLOCKER = """import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "detectron2", "denseclip"):
+            raise ImportError(name + " is blocked: the runner must not need it")
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def run_without_torch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """tools/deploy/onnx_infer.py in a fresh interpreter where ``import torch`` raises."""
+    blocker = tmp_path / "no_torch"
+    if not blocker.is_dir():
+        blocker.mkdir()
+        (blocker / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "import torch"]
+    assert "torch is blocked" in subprocess.run(command, env=env, capture_output=True, text=True).stderr
+    command = [sys.executable, str(REPO_ROOT / "tools" / "deploy" / "onnx_infer.py"), "--threads", "1", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+
+
+def onnx_ops(graph) -> set:
+    """Op types of an ONNX graph and its subgraphs (NMS runs in an ``If``: no boxes, no NMS)."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attribute in node.attribute:
+            ops |= onnx_ops(attribute.g) if attribute.g.node else set()
+    return ops
+
+
+def decode_rle(rle: dict) -> torch.Tensor:
+    values = np.concatenate([np.full(n, i % 2, dtype=bool) for i, n in enumerate(rle["counts"])])
+    return torch.from_numpy(values.reshape(rle["size"], order="F").copy())
+
+
+def assert_runner_without_torch_matches(model, export_dir: Path, photos, tmp_path: Path) -> None:
+    """onnx_infer.py on each photo (its own reading and resizing) gives the model's detections."""
+    from detectron2.structures import Boxes, Instances
+
+    from denseclip.deploy.parity import compare_predictions
+
+    for i, (photo, x) in enumerate(photos):
+        out = tmp_path / f"photo{i}.json"
+        run_without_torch(tmp_path, "--model", str(export_dir), "--input", str(photo), "--output", str(out))
+        report = json.loads(out.read_text())
+        assert (tmp_path / f"photo{i}.png").is_file()
+        found = Instances((x["height"], x["width"]))
+        found.pred_boxes = Boxes(torch.tensor([d["box"] for d in report["detections"]]).reshape(-1, 4))
+        found.scores = torch.tensor([d["score"] for d in report["detections"]])
+        found.pred_classes = torch.tensor([d["class"] for d in report["detections"]], dtype=torch.int64)
+        if report["detections"] and "mask" in report["detections"][0]:
+            found.pred_masks = torch.stack([decode_rle(d["mask"]) for d in report["detections"]])
+        with torch.no_grad():
+            expected = model([x])[0]
+        result = compare_predictions(expected, {"instances": found})
+        assert result["detections"][0] > 0 and result["detections"][0] == result["detections"][1], result
+        assert result["labels_equal"] and result["max_box_diff"] <= 1e-3 and result["max_score_diff"] <= 1e-4, result
+        assert result["min_mask_iou"] >= 0.99, result
+        assert [d["label"] for d in report["detections"]] == [model.class_names[c] for c in expected["instances"].pred_classes]
+
+
 @pytest.mark.parametrize("config_file,fmt", [
     (RETINANET, "onnx"),
+    (MASK_RCNN, "onnx"),
     (MASK_RCNN_LANGUAGE, "onnx"),
     (RETINANET_LANGUAGE, "torch.export"),
-    (MASK_RCNN, "torch.export"),
 ])
 def test_export_matches_pytorch_on_photos(config_file, fmt, make_cfg, tiny_coco_root, tmp_path):
     from denseclip.deploy import ExportedModel, export_model
 
     cfg = make_cfg(config_file, TINY + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.1, "MODEL.RETINANET.SCORE_THRESH_TEST", 0.02])
     model = spread_scores(build_model(cfg)).eval()
-    manifest = export_model(model, cfg, str(tmp_path), fmt)
+    export_dir = tmp_path / "export"
+    manifest = export_model(model, cfg, str(export_dir), fmt)
 
     assert manifest["class_names"] == ["cat", "dog", "person"]
-    expected_graphs = {"model", "box_head", "mask_head"} if "mask_rcnn" in config_file else {"model"}
+    if fmt == "onnx":  # one graph, pixels to detections
+        expected_graphs = {"model"}
+    else:
+        expected_graphs = {"model", "box_head", "mask_head"} if "mask_rcnn" in config_file else {"model"}
     assert set(manifest["graphs"]) == expected_graphs
-    assert json.loads((tmp_path / "denseclip_export.json").read_text()) == manifest
-    runner = ExportedModel(str(tmp_path))
+    assert json.loads((export_dir / "denseclip_export.json").read_text()) == manifest
+    runner = ExportedModel(str(export_dir))
     assert runner.class_names == ["cat", "dog", "person"]
-    assert_parity(model, runner, photo_inputs(tiny_coco_root, cfg))
+    inputs = photo_inputs(tiny_coco_root, cfg)
+    assert_parity(model, runner, inputs)
+    if fmt != "onnx":
+        return
 
-    if fmt == "onnx":
-        import onnx
+    import onnx
 
-        graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
-        assert json.loads({p.key: p.value for p in graph.metadata_props}["denseclip.class_names"]) == ["cat", "dog", "person"]
-        assert [o.name for o in graph.graph.output] == manifest["graphs"]["model"]["outputs"]
-        # Dynamic height and width; no text tower (its weights are not initializers).
-        dims = graph.graph.input[0].type.tensor_type.shape.dim
-        assert dims[2].dim_param and dims[3].dim_param
-        assert not [i.name for i in graph.graph.initializer if "prompt_encoder" in i.name or "clip_text" in i.name]
+    graph = onnx.load(str(export_dir / "model.onnx"), load_external_data=False)
+    assert json.loads({p.key: p.value for p in graph.metadata_props}["denseclip.class_names"]) == ["cat", "dog", "person"]
+    outputs = ["boxes", "scores", "classes"] + (["mask_probs"] if "mask_rcnn" in config_file else []) + ["score_map"]
+    assert [o.name for o in graph.graph.output] == manifest["graphs"]["model"]["outputs"] == outputs
+    # uint8 pixels of any height and width; post-processing in standard ONNX ops.
+    (image,) = graph.graph.input
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [bool(d.dim_param) for d in image.type.tensor_type.shape.dim] == [True, True, False]
+    ops = onnx_ops(graph.graph)
+    assert {"TopK", "NonMaxSuppression"} <= ops and ("RoiAlign" in ops) == ("mask_rcnn" in config_file)
+    assert not [i.name for i in graph.graph.initializer if "prompt_encoder" in i.name or "clip_text" in i.name]
+    photos = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[:2]
+    assert_runner_without_torch_matches(model, export_dir, list(zip(photos, inputs)), tmp_path)
 
 
-@pytest.mark.parametrize("mode", ["slide"])
-def test_segmentation_export_matches_pytorch_on_photos(mode, make_cfg, tiny_coco_root, tmp_path):
-    """DenseCLIP Semantic FPN (paper architecture, RN-tiny): the graph is the model's encode_decode,
-    the runner slides 64 px windows over each photo (TEST.SEM_SEG), as the model does."""
+def test_segmentation_export_matches_pytorch_on_photos(make_cfg, tiny_coco_root, tmp_path):
+    """DenseCLIP Semantic FPN (paper architecture, RN-tiny), one ONNX export: the graph is the
+    model's encode_decode on one unpadded view of any size; whole-image, sliding-window (64 px
+    windows) and multi-scale + flip inference (TEST.SEM_SEG) around it, as the model does, in the
+    Python runner and in the runner without PyTorch. Photos resized to sides that are not
+    multiples of 32."""
+    from PIL import Image
     from tiny_semseg import BASE_CONFIG, CLASSES, tiny_opts
 
     from denseclip.deploy import ExportedModel, export_model
     from denseclip.deploy.parity import compare_predictions
 
-    cfg = make_cfg(BASE_CONFIG, tiny_opts(extra=["INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160, "TEST.SEM_SEG.MODE", mode]))
+    multi_scale = ["TEST.SEM_SEG.MODE", "slide", "TEST.SEM_SEG.SCALES", (0.75, 1.25), "TEST.SEM_SEG.FLIP", True]
+    cfg = make_cfg(BASE_CONFIG, tiny_opts(extra=["INPUT.MIN_SIZE_TEST", 70, "INPUT.MAX_SIZE_TEST", 120, *multi_scale]))
     model = spread_scores(build_model(cfg)).eval()
-    manifest = export_model(model, cfg, str(tmp_path), "onnx")
-    assert manifest["class_names"] == CLASSES and manifest["graphs"]["model"]["outputs"] == ["sem_seg", "score_map"]
-    runner = ExportedModel(str(tmp_path))
-    for x in photo_inputs(tiny_coco_root, cfg):
-        with torch.no_grad():
-            expected = model([x])[0]
-        actual = runner([x])[0]
-        assert actual["sem_seg"].shape == (len(CLASSES), x["height"], x["width"])
-        assert compare_predictions(expected, actual)["argmax_agreement"] >= 0.999
+    manifest = export_model(model, cfg, str(tmp_path / "export"), "onnx")
+    assert manifest["class_names"] == CLASSES and manifest["graphs"]["model"]["outputs"] == ["sem_seg"]
+    inputs = photo_inputs(tiny_coco_root, cfg)
+    assert all(side % 32 for x in inputs for side in x["image"].shape[-2:])
+    modes = {  # name: TEST.SEM_SEG MODE, SCALES, FLIP; photos
+        "whole": ("whole", (1.0,), False, inputs),
+        "slide": ("slide", (1.0,), False, inputs),
+        "multi-scale slide + flip": ("slide", (0.75, 1.25), True, inputs[:1]),
+    }
+    for name, (mode, scales, flip, photos) in modes.items():
+        model.test_mode, model.test_scales, model.test_flip = mode, scales, flip
+        opts = ["TEST.SEM_SEG.MODE", mode, "TEST.SEM_SEG.SCALES", scales, "TEST.SEM_SEG.FLIP", flip]
+        runner = ExportedModel(str(tmp_path / "export"), opts)
+        for x in photos:
+            with torch.no_grad():
+                expected = model([x])[0]
+            actual = runner([x])[0]
+            assert actual["sem_seg"].shape == (len(CLASSES), x["height"], x["width"])
+            assert compare_predictions(expected, actual)["argmax_agreement"] >= 0.999, name
+    # Without PyTorch, the export's own test-time views (multi-scale slide + flip).
+    photo = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
+    run_without_torch(tmp_path, "--model", str(tmp_path / "export"), "--input", str(photo), "--output", str(tmp_path / "seg.json"))
+    report = json.loads((tmp_path / "seg.json").read_text())
+    labels = torch.from_numpy(np.asarray(Image.open(report["sem_seg"]["labels"])).astype(np.int64))
+    with torch.no_grad():
+        expected = model([inputs[0]])[0]["sem_seg"].argmax(0)
+    assert labels.shape == expected.shape and (labels == expected).float().mean() >= 0.999
+    assert set(report["sem_seg"]["classes"]) <= set(CLASSES)
 
 
 def test_export_command_with_vocabulary_torchscript(tiny_coco_root, tmp_path, monkeypatch):
@@ -183,3 +284,11 @@ def test_runner_errors_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"\.\[deploy\]"):
         import_onnxruntime()
+    sys.path.insert(0, str(REPO_ROOT / "tools" / "deploy"))
+    import onnx_infer
+
+    with pytest.raises(onnx_infer.ExportError, match="denseclip_export.json is missing"):
+        onnx_infer.Export(str(tmp_path))
+    (tmp_path / "denseclip_export.json").write_text(json.dumps({"format": "torch.export", "layout": "parts"}))
+    with pytest.raises(onnx_infer.ExportError, match="takes --format onnx exports"):
+        onnx_infer.Export(str(tmp_path))

@@ -6,9 +6,11 @@
     python tools/deploy/export_model.py --config-file configs/COCO/mask_rcnn_denseclip_language_R50_FPN_1x.yaml \
         --output export/mask_rcnn_lvis --format torch.export --vocabulary lvis MODEL.WEIGHTS model_final.pth
 
-Writes to --output one graph file per exported part (model.onnx, and for R-CNN box_head.onnx and
-mask_head.onnx; .pt2 for torch.export, .ts for traced TorchScript), config.yaml and
-denseclip_export.json (class names, graphs, their inputs and outputs). The vocabulary's text
+Writes to --output model.onnx (--format onnx: one graph from pixels to detections / segmentation
+logits, which tools/deploy/onnx_infer.py runs with ONNX Runtime, NumPy and Pillow only) or one graph
+file per exported part (model, and for R-CNN box_head and mask_head: .pt2 for torch.export, .ts for
+traced TorchScript, with post-processing in denseclip.deploy's runner), config.yaml and
+denseclip_export.json (class names, graphs, their inputs and outputs, test-time settings). The vocabulary's text
 embeddings are constants of the graphs: the CLIP text tower is not exported. Run the export with
 ``demo.py --onnx DIR``, ``train_net.py --eval-only --onnx DIR`` or ``denseclip.deploy.ExportedModel``.
 --format torchscript traces the graphs (TorchScript is deprecated by PyTorch).
@@ -32,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported files (created if needed)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
-                        help="onnx (dynamo exporter; needs the deploy extra), torch.export (.pt2) or torchscript "
+                        help="onnx (one graph, pixels to outputs; needs the deploy extra), torch.export (.pt2) or torchscript "
                         "(traced; deprecated by PyTorch). Default: onnx")
     parser.add_argument("--vocabulary", default=None,
                         help='language-guided configs: comma-separated class names or a preset ("coco", "lvis", ...) '

@@ -1,10 +1,14 @@
-"""Export a DenseCLIP model to a folder of graphs (ONNX, torch.export or traced TorchScript) and a
-manifest (``denseclip_export.json``) that names the class names, the graphs, their inputs and
-outputs, and the config the runner needs for pre- and post-processing (``config.yaml``).
+"""Export a DenseCLIP model to a folder of graphs and a manifest (``denseclip_export.json``) that
+names the class names, the graphs, their inputs and outputs, and what a runner needs around them
+(``preprocess``: test-time resize, input format; ``sem_seg``: test-time views), next to the config
+(``config.yaml``).
 
-Input sizes are dynamic: the image's height and width are any multiples of the backbone's size
-divisibility (32) between 64 px and ``max_side`` (the positional grid's limit for the paper's
-"grid_crop" models, 4096 px otherwise); the region count of the ROI-head graphs is dynamic too.
+``--format onnx`` writes one graph, ``model.onnx``, from pixels to final outputs
+(:mod:`.end_to_end`, :mod:`.onnx_export`): the manifest's ``layout`` is "end_to_end".
+torch.export and traced TorchScript write the network parts (:mod:`.graphs`; layout "parts"), with
+post-processing in the runner: their image sides are multiples of the backbone's size divisibility
+(32) between 64 px and ``max_side`` (the positional grid's limit for the paper's "grid_crop" models,
+4096 px otherwise); the region count of the ROI-head graphs is dynamic too.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from detectron2.config import CfgNode
 from torch import nn
 
+from .end_to_end import build_end_to_end_graph
 from .graphs import (
     IMAGE,
     TEXT,
@@ -29,6 +34,7 @@ from .graphs import (
     RetinaNetGraph,
     SemanticSegmentationGraph,
 )
+from .onnx_export import export_end_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +42,6 @@ FORMATS = ("onnx", "torch.export", "torchscript")
 EXTENSIONS = {"onnx": ".onnx", "torch.export": ".pt2", "torchscript": ".ts"}
 MANIFEST = "denseclip_export.json"
 CONFIG = "config.yaml"
-# Opset of the dynamo exporter's translation that ONNX Runtime 1.2x runs (RoiAlign, Resize cubic).
-ONNX_OPSET = 18
 # Bounds of the dynamic image sides, in units of the size divisibility.
 MIN_SIDE_UNITS = 2
 MAX_SIDE_UNITS = 128
@@ -109,22 +113,6 @@ def _pooled_channels(model: nn.Module) -> int:
     return shapes[model.roi_heads.box_in_features[0]].channels
 
 
-def _export_onnx(spec: GraphSpec, path: str, metadata: Dict[str, str]) -> None:
-    program = torch.onnx.export(
-        spec.module,
-        spec.example_inputs,
-        dynamo=True,
-        input_names=spec.input_names,
-        output_names=spec.output_names,
-        dynamic_shapes=_dynamic_shapes(spec),
-        opset_version=ONNX_OPSET,
-        verbose=False,
-    )
-    program.model.metadata_props.update(metadata)
-    size = sum(p.numel() * p.element_size() for p in spec.module.parameters())
-    program.save(path, external_data=size > 1_800_000_000)  # protobuf's 2 GB limit
-
-
 def _dynamic_shapes(spec: GraphSpec) -> Tuple[Dict[int, Any], ...]:
     """Per positional input: its dynamic dims (empty: static)."""
     return tuple(spec.dynamic.get(name, {}) for name in spec.input_names)
@@ -148,13 +136,14 @@ def _export_torchscript(spec: GraphSpec, path: str, metadata: Dict[str, str]) ->
     torch.jit.save(traced, path, _extra_files={MANIFEST: json.dumps(metadata)})
 
 
-_EXPORTERS = {"onnx": _export_onnx, "torch.export": _export_torch_export, "torchscript": _export_torchscript}
+_EXPORTERS = {"torch.export": _export_torch_export, "torchscript": _export_torchscript}
 
 
 def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "onnx") -> Dict[str, Any]:
     """Export ``model`` (built from ``cfg``, weights loaded) to ``output_dir`` in format ``fmt``.
 
-    Writes one file per graph (``model``, and for R-CNN ``box_head`` and ``mask_head``), the config
+    Writes ``model.onnx`` (onnx: pixels to outputs) or one file per part (``model``, and for R-CNN
+    ``box_head`` and ``mask_head``), the config
     (with the model's vocabulary as MODEL.DENSECLIP.CLASS_NAMES)
     (``config.yaml``) and the manifest (``denseclip_export.json``). The class names are recorded
     in the manifest and in each graph file (ONNX ``metadata_props``, torch.export / TorchScript
@@ -167,10 +156,10 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     model.eval()
     os.makedirs(output_dir, exist_ok=True)
     class_names = list(model.class_names)
-    specs = build_graph_specs(model, cfg)
     graphs: Dict[str, Any] = {}
     manifest: Dict[str, Any] = {
         "format": fmt,
+        "layout": "end_to_end" if fmt == "onnx" else "parts",
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "class_names": class_names,
         "language_guided": bool(model.language_guided),
@@ -178,11 +167,19 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
         "size_divisibility": model.backbone.size_divisibility,
         "min_image_side": MIN_SIDE_UNITS * model.backbone.size_divisibility,
         "max_image_side": max_image_side(cfg, model.backbone.size_divisibility),
+        **runner_settings(cfg),
         "graphs": graphs,
         "torch": torch.__version__,
     }
     metadata = {"denseclip.class_names": json.dumps(class_names), "denseclip.meta_architecture": cfg.MODEL.META_ARCHITECTURE}
-    for spec in specs:
+    if fmt == "onnx":
+        graph = build_end_to_end_graph(model, cfg.MODEL.META_ARCHITECTURE, cfg.INPUT.FORMAT)
+        path = os.path.join(output_dir, "model.onnx")
+        logger.info("Exporting the model, pixels to outputs, to %s", path)
+        with torch.no_grad():
+            export_end_to_end(graph, path, {**metadata, "denseclip.graph": "model"}, floating_input=manifest["input"]["dtype"] == "float32")
+        graphs["model"] = {"file": "model.onnx", "inputs": graph.input_names, "outputs": graph.output_names}
+    for spec in build_graph_specs(model, cfg) if fmt != "onnx" else []:
         file_name = spec.name + EXTENSIONS[fmt]
         logger.info("Exporting graph '%s' (%s) to %s", spec.name, fmt, os.path.join(output_dir, file_name))
         with torch.no_grad():
@@ -198,13 +195,39 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     return manifest
 
 
+def runner_settings(cfg: CfgNode) -> Dict[str, Any]:
+    """What a runner needs besides the graphs, readable without Detectron2 (tools/deploy/onnx_infer.py):
+    the test-time resize and the input's pixel format; the detectors' score threshold (baked into
+    an end-to-end graph) and mask threshold; the segmentation test-time views."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    settings: Dict[str, Any] = {
+        "preprocess": {"min_size_test": cfg.INPUT.MIN_SIZE_TEST, "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+                       "model_format": cfg.INPUT.FORMAT},
+        # The end-to-end graph's input: RGB pixels, height x width x 3; float for segmentation views.
+        "input": {"layout": "HWC", "channels": "RGB",
+                  "dtype": "float32" if arch == "DenseCLIPSemanticSegmentor" else "uint8"},
+    }
+    if arch == "DenseCLIPSemanticSegmentor":
+        t = cfg.TEST.SEM_SEG
+        settings["sem_seg"] = {"mode": t.MODE, "crop_size": list(t.CROP_SIZE), "stride": list(t.STRIDE),
+                               "scales": list(t.SCALES), "flip": bool(t.FLIP)}
+    else:
+        settings["score_threshold"] = score_threshold(cfg)
+        settings["mask_threshold"] = 0.5  # Detectron2's detector_postprocess
+    return settings
+
+
+def score_threshold(cfg: CfgNode) -> float:
+    """The detector's test score threshold."""
+    if cfg.MODEL.META_ARCHITECTURE == "DenseCLIPRetinaNet":
+        return float(cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
+    return float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+
+
 def _require_onnx_exporter() -> None:
-    missing = [name for name in ("onnx", "onnxscript") if not _importable(name)]
-    if missing:
-        raise ImportError(
-            f"--format onnx needs {' and '.join(missing)} (torch.onnx's dynamo exporter): "
-            "pip install -e '.[deploy]' (pinned versions in setup.py)"
-        )
+    if not _importable("onnx"):
+        raise ImportError("--format onnx needs onnx (the graph is checked and fixed with it): pip install -e '.[deploy]' "
+                          "(pinned versions in setup.py)")
 
 
 def _importable(name: str) -> bool:

@@ -1,4 +1,6 @@
-"""The exportable parts of a DenseCLIP model, as modules with tensor inputs and named tensor outputs.
+"""The exportable parts of a DenseCLIP model, as modules with tensor inputs and named tensor outputs:
+the graphs of ``--format torch.export`` and ``torchscript`` (``--format onnx`` exports one graph
+from pixels to outputs instead, :mod:`.end_to_end`).
 
 What runs in an exported graph and what runs in the runner (:mod:`denseclip.deploy.runner`):
 

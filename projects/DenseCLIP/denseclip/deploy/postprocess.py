@@ -4,7 +4,7 @@ R-CNN inference, mask inference; sliding windows, multi-scale + flip), configure
 config. No network weights live here."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -17,7 +17,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
 from ..modeling.meta_arch import TopKRetinaNet
@@ -146,19 +146,25 @@ Decoder = Callable[[ImageList, Dict[str, torch.Tensor]], List[Instances]]
 
 class SemanticSegmentationDecoding:
     """``CLIPSemanticSegmentor``'s inference around its ``encode_decode``, which the exported graph
-    is: each view zero-padded to the size divisibility and its padding's logits dropped, whole-image
-    or sliding-window inference (TEST.SEM_SEG.MODE), multi-scale + flip probabilities
-    (TEST.SEM_SEG.SCALES, FLIP), and Detectron2's ``sem_seg_postprocess`` to the original size."""
+    is: whole-image or sliding-window inference (TEST.SEM_SEG.MODE), multi-scale + flip
+    probabilities (TEST.SEM_SEG.SCALES, FLIP), and Detectron2's ``sem_seg_postprocess`` to the
+    original size. Views run unpadded, as in the model: the end-to-end graph (``pixels``) takes
+    pixels of any size (RGB, H x W x 3); a "parts" graph takes normalised images whose sides are
+    multiples of the size divisibility, so there each view is zero-padded and its padding's logits
+    dropped (which changes the logits near the border: export to ONNX for exact parity)."""
 
     def __init__(self, cfg: CfgNode, graph: GraphRunner, num_classes: int, size_divisibility: int,
-                 check_size: Callable[[torch.Tensor], None]):
+                 check_size: Callable[[torch.Tensor], None], pixels: bool = False):
         t = cfg.TEST.SEM_SEG
         self.mode, self.crop, self.stride = t.MODE, tuple(t.CROP_SIZE), tuple(t.STRIDE)
         self.scales, self.flip = tuple(t.SCALES), bool(t.FLIP)
         self.graph, self.num_classes, self.size_divisibility = graph, num_classes, size_divisibility
-        self.check_size = check_size
+        self.check_size, self.pixels, self.bgr = check_size, pixels, cfg.INPUT.FORMAT == "BGR"
 
     def segment(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pixels:  # 1 x 3 x h x w pixels in the model's format -> h x w x 3 RGB
+            view = images[0].flip(0) if self.bgr else images[0]
+            return self.graph(view.permute(1, 2, 0).contiguous())["sem_seg"]
         h, w = images.shape[-2:]
         padded = ImageList.from_tensors(list(images), self.size_divisibility).tensor
         self.check_size(padded)
@@ -170,10 +176,39 @@ class SemanticSegmentationDecoding:
         return self.segment(image)
 
     def __call__(self, image: torch.Tensor, inputs: Dict) -> torch.Tensor:
-        """K x height x width for one normalised image (3 x h x w): logits for a single view,
-        averaged class probabilities over several."""
+        """K x height x width for one image (3 x h x w: pixels for the end-to-end graph, else
+        normalised): logits for a single view, averaged class probabilities over several."""
         h, w = image.shape[-2:]
         size = (inputs.get("height", h), inputs.get("width", w))
         if self.scales == (1.0,) and not self.flip:
             return sem_seg_postprocess(self.infer(image[None])[0], (h, w), *size)
         return multi_scale_flip_probabilities(self.infer, image[None], size, self.scales, self.flip)[0]
+
+
+class EndToEndDetections:
+    """The runner around an end-to-end detector graph: the model's input (3 x h x w pixels in
+    INPUT.FORMAT) as RGB uint8 pixels in, detections at the input's size out, then Detectron2's
+    ``detector_postprocess`` (scale to the original size, clip, mask paste). A score threshold
+    above the one the graph was exported with keeps the detections above it: the same detections
+    as the model with that threshold (top-k, NMS and the detection limit only ever drop lower
+    scores); a lower one needs another export."""
+
+    def __init__(self, cfg: CfgNode, graph: GraphRunner, exported_threshold: float, threshold: float):
+        if threshold < exported_threshold:
+            raise ValueError(
+                f"score threshold {threshold}: the ONNX graph keeps detections above {exported_threshold} (its export's "
+                "config); export again with the lower threshold"
+            )
+        self.graph, self.bgr = graph, cfg.INPUT.FORMAT == "BGR"
+        self.threshold = threshold if threshold > exported_threshold else None
+
+    def __call__(self, image: torch.Tensor) -> Tuple[Instances, Dict[str, torch.Tensor]]:
+        pixels = (image.flip(0) if self.bgr else image).permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+        outputs = self.graph(pixels.contiguous())
+        instances = Instances(tuple(image.shape[-2:]), pred_boxes=Boxes(outputs["boxes"]), scores=outputs["scores"],
+                              pred_classes=outputs["classes"])
+        if "mask_probs" in outputs:  # N x M x M -> Detectron2's N x 1 x M x M
+            instances.pred_masks = outputs["mask_probs"][:, None]
+        if self.threshold is not None:
+            instances = instances[instances.scores > self.threshold]
+        return instances, outputs

@@ -6,10 +6,15 @@ image coordinates, so Detectron2's
 ``inference_on_dataset`` and ``train_net.py --eval-only --onnx PATH`` evaluate it.
 ``ExportedPredictor`` is the project's predictor on an export (``demo.py --onnx PATH``).
 
-Per image the runner does what the model does around the graphs: normalise with the exported
-config's pixel mean and std, pad to the size divisibility (Detectron2's ``ImageList``), run the
-``model`` graph, then the post-processing of :mod:`denseclip.deploy.postprocess` and Detectron2's
-``detector_postprocess`` (rescaling, mask paste).
+Per image the runner does what the model does around the graphs. An ONNX export is one graph
+from pixels to detections (layout "end_to_end", :mod:`denseclip.deploy.end_to_end`): the runner
+gives it the (test-resized) image as RGB pixels and applies Detectron2's ``detector_postprocess``
+(rescaling to the original size, mask paste); segmentation runs the graph once per view (whole
+image, windows, scales, flips). For the "parts" exports (torch.export, TorchScript) it normalises
+with the exported config's pixel mean and std, pads to the size divisibility (Detectron2's
+``ImageList``), runs the ``model`` graph, then the post-processing of
+:mod:`denseclip.deploy.postprocess` and ``detector_postprocess``. Only an end-to-end graph needs no
+PyTorch: tools/deploy/onnx_infer.py runs it with ONNX Runtime, NumPy and Pillow.
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ from torch import nn
 from ..config import add_denseclip_config
 from ..modeling.pixel_text import score_map_probabilities
 from ..predictor import DenseCLIPPredictor, parse_vocabulary
-from .exporter import MANIFEST
-from .postprocess import Decoder, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
+from .exporter import MANIFEST, score_threshold
+from .postprocess import Decoder, EndToEndDetections, RCNNDecoding, RetinaNetDecoding, SemanticSegmentationDecoding
 from .runtime import load_graph
 
 
@@ -92,13 +97,19 @@ class ExportedModel(nn.Module):
         self.size_divisibility = int(self.manifest["size_divisibility"])
         self.return_score_maps = False  # as the DenseCLIP meta-architectures: "score_maps" in each output
         self.segmentation: Optional[SemanticSegmentationDecoding] = None
-        if arch == "DenseCLIPRetinaNet":
-            self.decoder: Optional[Decoder] = RetinaNetDecoding(self.cfg, num_classes)
+        self.end_to_end: Optional[EndToEndDetections] = None
+        end_to_end = self.manifest.get("layout") == "end_to_end"
+        if end_to_end and arch != "DenseCLIPSemanticSegmentor":
+            self.decoder: Optional[Decoder] = None
+            self.end_to_end = EndToEndDetections(self.cfg, self.graph, self.manifest["score_threshold"], score_threshold(self.cfg))
+        elif arch == "DenseCLIPRetinaNet":
+            self.decoder = RetinaNetDecoding(self.cfg, num_classes)
         elif arch == "DenseCLIPRCNN":
             self.decoder = RCNNDecoding(self.cfg, num_classes, graphs["box_head"], graphs.get("mask_head"))
         else:
             self.decoder = None
-            self.segmentation = SemanticSegmentationDecoding(self.cfg, self.graph, num_classes, self.size_divisibility, self.check_size)
+            self.segmentation = SemanticSegmentationDecoding(self.cfg, self.graph, num_classes, self.size_divisibility,
+                                                             self.check_size, pixels=end_to_end)
         self.register_buffer("pixel_mean", torch.tensor(self.cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(self.cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
         self.eval()
@@ -132,20 +143,27 @@ class ExportedModel(nn.Module):
 
     def run(self, batched_input: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Optional[ImageList]]:
         """Predictions for one input dict, the graph's named outputs, and the padded input (for
-        segmentation, which may run the graph on several views: the prediction only)."""
+        segmentation, which may run the graph on several views: the prediction only; an end-to-end
+        graph pads inside: None)."""
         if self.segmentation is not None:
             if self.return_score_maps:
                 raise ValueError("score maps of an exported segmentation model are not returned (several views per image)")
-            return {"sem_seg": self.segmentation(self.normalize(batched_input), batched_input)}, {}, None
-        images = self.preprocess_image(batched_input)
-        outputs = self.graph(images.tensor)
-        results = self.decoder(images, outputs)
-        prediction = GeneralizedRCNN._postprocess(results, [batched_input], images.image_sizes)[0]
+            image = batched_input["image"].float() if self.segmentation.pixels else self.normalize(batched_input)
+            return {"sem_seg": self.segmentation(image, batched_input)}, {}, None
+        if self.end_to_end is not None:
+            results, outputs = self.end_to_end(batched_input["image"].to(self.pixel_mean.device).float())
+            image_size = results.image_size
+            padded_size = tuple(-(-side // self.size_divisibility) * self.size_divisibility for side in image_size)
+            images = None
+        else:
+            images = self.preprocess_image(batched_input)
+            outputs = self.graph(images.tensor)
+            (results,) = self.decoder(images, outputs)
+            image_size, padded_size = tuple(images.image_sizes[0]), tuple(images.tensor.shape[-2:])
+        prediction = GeneralizedRCNN._postprocess([results], [batched_input], [image_size])[0]
         if self.return_score_maps:  # DenseCLIPMetaArchMixin.add_score_maps, from the graph's output
-            image_size = tuple(images.image_sizes[0])
             output_size = (batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1]))
-            prediction["score_maps"] = score_map_probabilities(
-                outputs["score_map"][0], tuple(images.tensor.shape[-2:]), image_size, output_size)
+            prediction["score_maps"] = score_map_probabilities(outputs["score_map"][0], padded_size, image_size, output_size)
         return prediction, outputs, images
 
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -49,6 +49,7 @@ class OnnxRuntimeGraph(GraphRunner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: not the constants its graph optimizer drops
         self.session = ort.InferenceSession(path, options, providers=list(providers or ["CPUExecutionProvider"]))
         names = [o.name for o in self.session.get_outputs()]
         if names != self.output_names:

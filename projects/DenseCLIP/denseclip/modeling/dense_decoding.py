@@ -19,15 +19,21 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 
+def _at_most(k: int, n):
+    """min(k, n); while tracing ``n`` (a size) is a tensor and stays one, so that a traced graph
+    (the ONNX export) keeps it dynamic."""
+    return torch.clamp(n, max=k) if isinstance(n, torch.Tensor) else min(k, n)
+
+
 def select_topk_candidates(scores: torch.Tensor, k: int, score_thresh: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (at most) k highest entries of ``scores`` (anchors x classes) that exceed ``score_thresh``.
 
     Returns their scores (descending), anchor indices and class indices.
     """
     num_anchors, num_classes = scores.shape
-    num_anchors_kept = min(k, num_anchors)
+    num_anchors_kept = _at_most(k, num_anchors)
     _, anchor_idxs = scores.max(dim=1).values.topk(num_anchors_kept, sorted=False)
-    top_scores, flat_idxs = scores[anchor_idxs].flatten().topk(min(k, num_anchors_kept * num_classes))
+    top_scores, flat_idxs = scores[anchor_idxs].flatten().topk(_at_most(k, num_anchors_kept * num_classes))
     keep = top_scores > score_thresh
     top_scores, flat_idxs = top_scores[keep], flat_idxs[keep]
     return top_scores, anchor_idxs[flat_idxs // num_classes], flat_idxs % num_classes
@@ -40,7 +46,7 @@ def select_topk_anchors(scores: torch.Tensor, k: int, score_thresh: float) -> Tu
     Returns the scores, anchor indices and class indices, in anchor then class order.
     """
     num_anchors = scores.shape[0]
-    _, anchor_idxs = scores.max(dim=1).values.topk(min(k, num_anchors))
+    _, anchor_idxs = scores.max(dim=1).values.topk(_at_most(k, num_anchors))
     kept, classes = (scores[anchor_idxs] > score_thresh).nonzero(as_tuple=True)
     anchor_idxs = anchor_idxs[kept]
     return scores[anchor_idxs, classes], anchor_idxs, classes
