@@ -11,7 +11,7 @@ import argparse
 import logging
 import time
 
-from denseclip.data.synthetic import default_synthetic_root, generate_synthetic_dataset
+from denseclip.data import default_synthetic_root, generate_synthetic_dataset
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ if [ -n "$DETECTRON2_SRC" ]; then
 else
   D2_CHOICE="Detectron2 v0.6 from the PyPI sources (DETECTRON2_SRC=<checkout or git URL> bash scripts/setup.sh for an upstream one)"
 fi
-FINGERPRINT="$(cat requirements/lock.txt requirements/web.txt setup.py scripts/install_detectron2.py | sha256sum | cut -d' ' -f1) ${DETECTRON2_SRC}"
+FINGERPRINT="$(cat requirements/lock.txt requirements/web.txt requirements/lvis.txt setup.py scripts/install_detectron2.py | sha256sum | cut -d' ' -f1) ${DETECTRON2_SRC}"
 describe_detectron2() {
   "$VENV_PY" -c 'import os, detectron2; print("detectron2", detectron2.__version__, "at", os.path.dirname(detectron2.__file__))'
 }
@@ -55,6 +55,8 @@ pip_install --no-deps --no-build-isolation -e .
 echo "[setup] installing the web demo's extra (web: Gradio, pinned in setup.py and requirements/web.txt)"
 pip_install --no-build-isolation -c requirements/lock.txt -c requirements/web.txt -e ".[web]"
 echo "[setup] installing the deploy extra (onnx, onnxscript, onnxruntime; pinned in setup.py)"; pip_install --no-build-isolation -c requirements/lock.txt -e ".[deploy]"
+echo "[setup] installing the LVIS evaluation package (lvis, pinned in requirements/lvis.txt; without its dependencies)"
+pip_install --no-deps -r requirements/lvis.txt
 echo "$FINGERPRINT" > "$STAMP"
 echo "[setup] Detectron2 in use: $(describe_detectron2); $D2_CHOICE"
 echo "[setup] done: $("$VENV_PY" -c 'import torch, detectron2, open_clip; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| open_clip", open_clip.__version__)')"

@@ -72,6 +72,24 @@ def test_pixel_text_loss_is_the_identity_head():
     torch.testing.assert_close(losses["loss_pixel_text"], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_score_maps_are_sigmoid_of_cosine_over_tau(tiny_model):
+    """The segmentation models fuse the raw cosines (FUSE_RAW_SCORES); their "score_maps" output is
+    still sigmoid(cosine / tau), as the detectors' (not sigmoid of the raw cosine, flat near 0.5)."""
+    model = tiny_model.eval()
+    batch = label_batch(num_images=1, size=(64, 64))
+    model.return_score_maps = True
+    try:
+        with torch.no_grad():
+            maps = model(batch)[0]["score_maps"]
+            images = torch.stack([(x["image"] - model.pixel_mean) / model.pixel_std for x in batch])
+            cosine = model.extract_features(ImageList(images, [(64, 64)])).score_map
+    finally:
+        model.return_score_maps = False
+    assert model.text_side.raw_score_map and cosine.abs().max() <= 1.0 + 1e-5
+    expected = F.interpolate(cosine / 0.07, size=(64, 64), mode="bilinear", align_corners=False)[0].sigmoid()
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_cross_entropy_averages():
     logits, targets = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
     targets[0, :2] = 255

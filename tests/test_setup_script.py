@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FINGERPRINTED = ("requirements/lock.txt", "requirements/web.txt", "setup.py", "scripts/install_detectron2.py")
+FINGERPRINTED = ("requirements/lock.txt", "requirements/web.txt", "requirements/lvis.txt", "setup.py", "scripts/install_detectron2.py")
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 echo "DETECTRON2_SRC=${DETECTRON2_SRC-<unset>} $*" >> "$(dirname "$0")/../calls.log"

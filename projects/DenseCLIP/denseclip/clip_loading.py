@@ -5,12 +5,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import zipfile
 from typing import Dict, Iterator
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.factory import load_state_dict as open_clip_load_state_dict
 from open_clip.factory import resize_pos_embed
 
@@ -81,7 +83,7 @@ def create_clip_model(
     if pretrained and not is_file:
         return _create_from_pretrained_tag(model_name, pretrained, quick_gelu)
 
-    with _without_open_clip_random_init_warning():
+    with without_open_clip_random_init_warning():
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if is_file:
         load_clip_weights(model, pretrained, expected_sha256=pretrained_sha256)
@@ -98,7 +100,7 @@ class _OpenCLIPRandomInitFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _without_open_clip_random_init_warning() -> Iterator[None]:
+def without_open_clip_random_init_warning() -> Iterator[None]:
     """open_clip warns (on the root logger) that a model built with ``pretrained=None`` is random,
     also when this module loads weights into it right after; the caller says what is loaded."""
     root = logging.getLogger()
@@ -153,7 +155,8 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise RuntimeError(f"Could not read CLIP weights from {path}: {type(e).__name__}: {e}") from e
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -161,17 +164,41 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+ATTENTION_POOL_POSITIONS = "visual.attnpool.positional_embedding"
+
+
+def resize_attention_pool_grid(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Resize (in place) a ModifiedResNet checkpoint's attention-pool positional grid to the model's,
+    bicubically with antialiasing as open_clip's ``resize_pos_embed`` does for ViTs; the class
+    position is kept. E.g. the small CLIP pretrained on 96-pixel images (3x3 grid) loads into RN-tiny's
+    224-pixel architecture (7x7)."""
+    old = state_dict.get(ATTENTION_POOL_POSITIONS)
+    own = model.state_dict().get(ATTENTION_POOL_POSITIONS)
+    if old is None or own is None or old.shape == own.shape or old.shape[1:] != own.shape[1:]:
+        return  # nothing to resize, or a mismatch that load_clip_weights reports
+    old_side, new_side = math.isqrt(old.shape[0] - 1), math.isqrt(own.shape[0] - 1)
+    if old_side ** 2 != old.shape[0] - 1 or new_side ** 2 != own.shape[0] - 1:
+        return
+    grid = old[1:].reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, -1).to(old.dtype)
+    state_dict[ATTENTION_POOL_POSITIONS] = torch.cat([old[:1], grid], dim=0)
+    logger.info("Resized the attention pool's positional grid from %dx%d to %dx%d", old_side, old_side, new_side, new_side)
+
+
 def load_clip_weights(model: torch.nn.Module, path: str, expected_sha256: str = "") -> None:
     """Load a CLIP checkpoint file into an open_clip model, strictly, with errors naming keys."""
     if expected_sha256:
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected_sha256.lower():
             raise ValueError(
                 f"MODEL.CLIP.PRETRAINED {path}: sha256 {actual} does not match the expected {expected_sha256}"
             )
     state_dict = read_clip_state_dict(path)
-    # Checkpoints trained at another resolution carry a positional embedding of another grid size.
+    # Checkpoints trained at another resolution carry a positional embedding of another grid size:
+    # open_clip resizes a ViT's; a ModifiedResNet's attention pool grid is resized the same way here.
     resize_pos_embed(state_dict, model)
+    resize_attention_pool_grid(state_dict, model)
     own = model.state_dict()
     # TorchScript archives also store non-persistent buffers (e.g. the text causal mask).
     for name, _ in model.named_buffers():

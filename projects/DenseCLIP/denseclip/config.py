@@ -120,9 +120,15 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.PROMPT = "learnable"
     _C.MODEL.DENSECLIP.N_CONTEXT = 8
     _C.MODEL.DENSECLIP.TEMPLATE = "a photo of a {}."
-    # Tokens available for a class name (longer names are truncated, with a warning).
+    # PROMPT "template" only: "" = the one TEMPLATE; "vild" = ViLD's prompt ensemble (20 templates,
+    # text/prompt_templates.py): per class, the mean of the normalised embeddings of every template.
+    _C.MODEL.DENSECLIP.PROMPT_ENSEMBLE = ""
+    # Tokens available for a class name, counting SOT and EOT (5 in the reference = 3 word tokens;
+    # the language-guided configs use 69, all that 77 - N_CONTEXT leaves). Longer names are cut, with a
+    # warning naming what was kept; two names identical once cut are an error.
     _C.MODEL.DENSECLIP.NAME_CONTEXT_LENGTH = 5
-    # Total text length fed to the text transformer ([SOT, ctx, name, EOT]); <= 77.
+    # Total text length fed to the text transformer ([SOT, ctx, name, EOT]); <= 77. Only the tokens up
+    # to a vocabulary's longest prompt are computed, so a longer context costs nothing for short names.
     _C.MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH = 13
 
     # The CLIP model whose text tower encodes the prompts, independent of the image encoder: "" = the

@@ -16,6 +16,7 @@ import glob
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ from detectron2.config import CfgNode
 
 from .config_building import build_config
 from .data import register_datasets_from_config
-from .predictor import VOCABULARY_PRESETS, DenseCLIPPredictor, parse_vocabulary
+from .predictor import VOCABULARY_PRESETS, DenseCLIPPredictor, parse_vocabulary, truncated_names_message
 from .visualization import VideoDrawer, draw_predictions, score_map_overlay
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--vocabulary", type=_vocabulary_arg, default=None,
-        help='comma-separated class names to detect, e.g. "cat,remote control,sofa", or exactly the name of a preset '
+        help='class names to detect, separated by commas or line breaks, e.g. "cat,remote control,sofa", or exactly the name of a preset '
         f"({presets}). A preset is chosen only by its exact name: a trailing comma (\"coco,\") makes a one-class "
         "list. Needs a language-guided config. Without it: the model's training vocabulary",
     )
@@ -303,6 +304,9 @@ def _build_predictor(args: argparse.Namespace, cfg: Optional[CfgNode], vocabular
         predictor = DenseCLIPPredictor(cfg, vocabulary=vocabulary)
     summary.predictor = predictor
     logger.info("Vocabulary (%d classes): %s", len(predictor.class_names), predictor.class_names)
+    truncated = getattr(predictor, "truncated_names", {})
+    if truncated:
+        print(f"Warning: {truncated_names_message(truncated)}", file=sys.stderr)
     return predictor
 
 

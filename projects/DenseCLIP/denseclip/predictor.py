@@ -14,6 +14,7 @@ Drawing lives in :mod:`denseclip.visualization`, the command line in :mod:`dense
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -88,12 +89,12 @@ def vocabulary_preset(name: str) -> List[str]:
 
 # ------------------------------------------------------------------------------------ vocabulary
 def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[str]]:
-    """``"cat, remote control,sofa"`` -> ``["cat", "remote control", "sofa"]``; ``"coco"`` -> the
-    80 COCO classes.
+    """``"cat, remote control,sofa"`` or one name per line -> ``["cat", "remote control", "sofa"]``;
+    ``"coco"`` -> the 80 COCO classes.
 
     A string that is exactly the name of a preset (``VOCABULARY_PRESETS``, surrounding blanks
-    ignored) selects the preset; any other string is a comma-separated list, so ``"coco,"`` is
-    the one class "coco". Blanks around names are stripped and empty entries dropped; a list is
+    ignored) selects the preset; any other string is a list of names separated by commas and/or
+    line breaks, so ``"coco,"`` is the one class "coco". Blanks around names are stripped and empty entries dropped; a list is
     taken as names (never a preset); ``None`` means "no vocabulary". The names are checked where
     they enter the model (``model.set_vocabulary`` / its text side: empty, blank, duplicates).
     """
@@ -101,11 +102,20 @@ def parse_vocabulary(value: Union[str, Sequence[str], None]) -> Optional[List[st
         return None
     if isinstance(value, str) and value.strip() in VOCABULARY_PRESETS:
         return vocabulary_preset(value.strip())
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = re.split(r"[,\r\n]", value) if isinstance(value, str) else list(value)
     names = [n for n in (str(n).strip() for n in items) if n]
     if not names:
-        raise ValueError(f"the vocabulary {value!r} contains no class name; give comma-separated names, e.g. \"cat,sofa\"")
+        raise ValueError(
+            f"the vocabulary {value!r} contains no class name; give names separated by commas or line breaks, e.g. \"cat,sofa\""
+        )
     return names
+
+
+def truncated_names_message(truncated: Dict[str, str]) -> str:
+    """One line for the user: which class names did not fit the model's text context, what was kept."""
+    cuts = ", ".join(f"{name!r} -> {kept!r}" for name, kept in truncated.items())
+    return (f"{len(truncated)} class name(s) do not fit the model's text context (MODEL.DENSECLIP.NAME_CONTEXT_LENGTH, "
+            f"fixed by its config/checkpoint) and were cut: {cuts}")
 
 
 def predictor_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]] = None,
@@ -215,6 +225,13 @@ class DenseCLIPPredictor(DefaultPredictor):
     @property
     def class_names(self) -> List[str]:
         return list(self.model.class_names)
+
+    @property
+    def truncated_names(self) -> Dict[str, str]:
+        """The current vocabulary's names that were cut to fit the model's text context (fixed by
+        its config or checkpoint), each with the text that was kept; {} when every name fits."""
+        text_side = getattr(self.model, "text_side", None)
+        return dict(getattr(text_side, "truncated_names", {}))
 
     def set_vocabulary(self, names: Union[str, Sequence[str]]) -> None:
         """Detect ``names`` from now on (``model.set_vocabulary``; needs language-guided heads) and

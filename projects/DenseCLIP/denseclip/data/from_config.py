@@ -8,7 +8,7 @@ from typing import List, Sequence
 from detectron2.config import CfgNode
 
 from .register import register_datasets_from_spec
-from .synthetic import register_synthetic_from_config
+from .synthetic_registration import register_synthetic_from_config
 
 logger = logging.getLogger(__name__)
 

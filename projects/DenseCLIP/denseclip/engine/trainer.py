@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
@@ -29,7 +29,7 @@ from ..backbone.norm import CPUSyncBatchNorm, sync_batchnorm_to_cpu
 from ..checkpoint import AtomicDetectionCheckpointer
 from ..config_building import ConfigError, build_config, check_dataset_names, command_line_config
 from ..data import RobustDatasetMapper, SemSegDatasetMapper, register_datasets_from_config
-from ..evaluation import build_coco_evaluator
+from ..evaluation import build_coco_evaluator, evaluation_model
 from ..modeling.vocabulary import check_run_vocabulary
 from .optimizer import build_lr_scheduler, build_optimizer, model_parameter_groups
 from .run_output import PLAIN_TEXT_LOGS
@@ -291,6 +291,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Iterable:
         return build_detection_test_loader(cfg, dataset_name, mapper=cls._mapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators: Any = None) -> Dict[str, Any]:
+        """Detectron2's ``test``, one dataset at a time, each with the model of
+        :func:`~denseclip.evaluation.evaluation_model` (open-vocabulary sets: all their names)."""
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        results: Dict[str, Any] = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (dataset_name,)
+            chosen = [evaluators[index]] if evaluators is not None else None
+            results[dataset_name] = super().test(one, evaluation_model(model, dataset_name), chosen)
+        return list(results.values())[0] if len(results) == 1 else results
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:

@@ -7,7 +7,9 @@ import os
 from typing import Optional
 
 from detectron2.config import CfgNode
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+
+from .open_vocabulary import build_open_vocabulary_evaluator
 
 __all__ = ["build_coco_evaluator", "fast_coco_eval_available"]
 
@@ -26,8 +28,9 @@ def fast_coco_eval_available() -> bool:
     return hasattr(_C, "COCOevalAccumulate")
 
 
-def build_coco_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
-    """Box AP (and mask AP when MODEL.MASK_ON) for a dataset with COCO-style annotations.
+def build_coco_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+    """Box AP (and mask AP when MODEL.MASK_ON) for a dataset with COCO-style annotations; for the
+    open-vocabulary and LVIS datasets, their evaluators (:mod:`.open_vocabulary`).
 
     Predictions are written to ``<output_folder>/coco_instances_results.json`` (default
     ``OUTPUT_DIR/inference/<dataset_name>``); COCOEvaluator also logs the per-category AP table.
@@ -38,6 +41,10 @@ def build_coco_evaluator(cfg: CfgNode, dataset_name: str, output_folder: Optiona
     use_fast_impl = fast_coco_eval_available()
     if not use_fast_impl:
         logger.info("Detectron2's C++ COCOeval_opt is unavailable: using pycocotools' COCOeval")
+    # OV-COCO (AP50 on novel / base / all) and LVIS (APr, APc, APf) datasets, by their evaluator_type.
+    special = build_open_vocabulary_evaluator(dataset_name, tasks, output_folder, cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl)
+    if special is not None:
+        return special
     return COCOEvaluator(
         dataset_name,
         tasks=tasks,

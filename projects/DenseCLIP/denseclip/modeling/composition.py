@@ -14,6 +14,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import FPN, META_ARCH_REGISTRY, Backbone, build_model
 
 from ..text import ContextDecoder, PromptTextEncoder
+from ..text.prompt_templates import prompt_ensemble
 from .encoders import build_denseclip_encoders
 from .text_side import PROMPTING_MODES, DenseCLIPTextSide
 from .vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
@@ -63,6 +64,7 @@ def build_text_side(cfg: CfgNode, clip_model: torch.nn.Module, embed_dim: int, v
         prompt=d.PROMPT,
         n_context=d.N_CONTEXT if d.PROMPT == "learnable" else 0,
         template=d.TEMPLATE,
+        templates=prompt_ensemble(d.PROMPT_ENSEMBLE) if d.PROMPT_ENSEMBLE else None,
         name_context_length=d.NAME_CONTEXT_LENGTH,
         context_length=d.TEXT_CONTEXT_LENGTH,
         # The one place that decides whether CLIP's text weights train.

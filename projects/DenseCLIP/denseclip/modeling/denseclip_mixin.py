@@ -84,7 +84,9 @@ class DenseCLIPMetaArchMixin(DenseCLIPVocabulary):
         if not self.return_score_maps:
             return results
         padded = tuple(images.tensor.shape[-2:])
-        for result, logits, inputs, image_size in zip(results, dense.score_map, batched_inputs, images.image_sizes):
+        # cosine / tau also where the fused score maps are the raw cosines (the segmentation models).
+        score_logits = self.text_side.score_logits(dense.score_map)
+        for result, logits, inputs, image_size in zip(results, score_logits, batched_inputs, images.image_sizes):
             output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
             result["score_maps"] = score_map_probabilities(logits, padded, tuple(image_size), output_size)
         return results

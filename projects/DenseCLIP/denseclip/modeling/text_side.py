@@ -103,6 +103,11 @@ class DenseCLIPTextSide(nn.Module):
     def vocabulary(self) -> List[str]:
         return list(self._vocabulary)
 
+    @property
+    def truncated_names(self) -> Dict[str, str]:
+        """The vocabulary's names cut to fit the text context, each with the text that was kept."""
+        return dict(self._tokens.truncated) if self._tokens is not None else {}
+
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Use ``class_names`` from the next forward on. The one door of a vocabulary into the
         model: the names are validated and tokenized here, once, before anything changes."""

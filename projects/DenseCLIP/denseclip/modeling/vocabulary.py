@@ -93,6 +93,8 @@ def check_vocabulary_fits_datasets(cfg: CfgNode, kind: str = "thing") -> None:
         for dataset in datasets:
             if dataset not in DatasetCatalog.list():
                 continue
+            if key == "DATASETS.TEST" and MetadataCatalog.get(dataset).get("novel_classes", None):
+                continue  # open-vocabulary evaluation sets are evaluated with their own names
             dataset_names = dataset_class_names(dataset, kind)
             if dataset_names and len(dataset_names) != len(names):
                 raise ValueError(

@@ -4,16 +4,18 @@ DenseCLIP turns every class name into a text embedding with CLIP's text tower. T
 the prompt (CoOp style): a few context vectors are placed between the start-of-text token and the
 class-name tokens, and only those vectors are trained while the text transformer stays frozen.
 A fixed hand-written template ("a photo of a {}.") is offered as well; it is plain CLIP zero-shot
-text encoding.
+text encoding, and with several templates (a prompt ensemble, :mod:`.prompt_templates`) the mean of
+their normalised embeddings per class.
 """
 from __future__ import annotations
 
 import functools
 import logging
 from collections import Counter
-from typing import NamedTuple, Optional, Sequence, Set, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
@@ -22,6 +24,9 @@ __all__ = ["CLIPTextTower", "PromptTextEncoder", "PromptTokens", "validate_vocab
 logger = logging.getLogger(__name__)
 
 PROMPT_MODES = ("learnable", "template")
+# Prompts encoded at once when no gradient is needed (a 1203-class LVIS vocabulary under a prompt
+# ensemble is ~24k prompts): bounds the peak memory of the one-off encoding.
+_NO_GRAD_CHUNK = 4096
 _CLIP_TEXT_ATTRIBUTES = (
     "token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask",
 )
@@ -175,8 +180,12 @@ class PromptTextEncoder(nn.Module):
             CLIP does for zero-shot classification, with no learnable context (n_context must be 0).
         n_context: number of learnable context vectors (MODEL.DENSECLIP.N_CONTEXT).
         template: text with one "{}" for the class name, used by prompt="template".
+        templates: several such texts (a prompt ensemble) used by prompt="template" instead of
+            ``template``: a class's embedding is the mean of its L2-normalised embeddings under
+            each, normalised again (unit norm).
         name_context_length: tokens a class name may use in "learnable" mode, counting its SOT and
-            EOT as the reference does (5 = SOT + 3 word tokens + EOT); longer names are truncated.
+            EOT as the reference does (5 = SOT + 3 word tokens + EOT); longer names are truncated,
+            with a warning naming what was kept; names identical once truncated are an error.
         context_length: total text length fed to the transformer (13 in the reference, at most the
             CLIP model's 77); the positional embedding is cut to this length.
         context_init_std: standard deviation of the context vectors' initialisation, a normal
@@ -199,6 +208,7 @@ class PromptTextEncoder(nn.Module):
         prompt: str = "learnable",
         n_context: int = 8,
         template: str = "a photo of a {}.",
+        templates: Optional[Sequence[str]] = None,
         name_context_length: int = 5,
         context_length: int = 13,
         context_init_std: float = 1.0,
@@ -206,7 +216,14 @@ class PromptTextEncoder(nn.Module):
         context_from_image: bool = False,
     ) -> None:
         super().__init__()
-        self._check_config(clip_model, prompt, n_context, template, name_context_length, context_length)
+        templates = tuple(templates) if templates else (template,)
+        for text in templates:
+            self._check_config(clip_model, prompt, n_context, text, name_context_length, context_length)
+        if len(templates) > 1 and prompt != "template":
+            raise ValueError(
+                "a prompt ensemble (MODEL.DENSECLIP.PROMPT_ENSEMBLE) needs MODEL.DENSECLIP.PROMPT 'template': "
+                "the learnable context replaces the templates' words"
+            )
         if context_from_image and prompt != "learnable":
             raise ValueError(
                 "MODEL.DENSECLIP.PROMPTING 'pre' puts the image's context tokens into learnable-prompt "
@@ -214,7 +231,8 @@ class PromptTextEncoder(nn.Module):
             )
         self.prompt = prompt
         self.n_context = n_context
-        self.template = template
+        self.template = templates[0]
+        self.templates = templates
         self.name_context_length = name_context_length
         self.context_length = context_length
         self.clip_text = CLIPTextTower(clip_model, context_length)
@@ -291,60 +309,81 @@ class PromptTextEncoder(nn.Module):
         return self.clip_text.embed_dim
 
     def tokenize(self, class_names: Sequence[str]) -> torch.LongTensor:
-        """Token ids of the prompts, K x context_length, laid out exactly as the transformer sees them.
+        """Token ids of the prompts, (K x T) x context_length (T templates per class, 1 unless a prompt
+        ensemble; class-major rows), laid out exactly as the transformer sees them.
 
         "learnable": [SOT, 0 x n_context, name tokens, EOT, 0...]; the zeros are placeholders that
         ``forward`` replaces by the context vectors. "template": [SOT, template tokens, EOT, 0...],
         identical to ``open_clip.tokenize(texts, context_length)``. EOT has the largest id, so
         ``argmax`` of a row is its EOT position. Text that does not fit is truncated, EOT kept last,
-        with one warning per class name.
+        with one warning per class name naming what was kept; two names whose prompts are the same
+        once truncated are an error naming both.
         """
+        return self._tokenize(class_names)[0]
+
+    def _tokenize(self, class_names: Sequence[str]) -> Tuple[torch.LongTensor, Dict[str, str]]:
+        """:meth:`tokenize`'s ids and the truncated names, each with the text that was kept."""
         validate_vocabulary(class_names)
         tokenizer = _clip_tokenizer()
         if self.prompt == "learnable":
-            texts = list(class_names)
-            max_text_tokens = self.name_context_length - 2
-            budget_key = "MODEL.DENSECLIP.NAME_CONTEXT_LENGTH"
+            templates, max_text_tokens = ("{}",), self.name_context_length - 2
+            budget = f"MODEL.DENSECLIP.NAME_CONTEXT_LENGTH {self.name_context_length}: {max_text_tokens} name tokens"
         else:
-            texts = [self.template.format(name) for name in class_names]
-            max_text_tokens = self.context_length - 2
-            budget_key = "MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH"
-        ids = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        for row, (name, text) in enumerate(zip(class_names, texts)):
-            text_tokens = tokenizer.encode(text)
-            if not text_tokens:
-                raise ValueError(f"class name {name!r} produces no tokens")
-            if len(text_tokens) > max_text_tokens:
-                self._warn_truncation(name, text, len(text_tokens), max_text_tokens, budget_key)
-                text_tokens = text_tokens[:max_text_tokens]
-            sequence = [tokenizer.sot_token_id, *[0] * self.n_context, *text_tokens, tokenizer.eot_token_id]
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-        return ids
+            templates, max_text_tokens = self.templates, self.context_length - 2
+            budget = f"MODEL.DENSECLIP.TEXT_CONTEXT_LENGTH {self.context_length}: {max_text_tokens} prompt tokens"
+        ids = torch.zeros(len(class_names) * len(templates), self.context_length, dtype=torch.long)
+        truncated: Dict[str, str] = {}
+        seen: Dict[Tuple, str] = {}
+        for k, name in enumerate(class_names):
+            kept_rows: List[Tuple[int, ...]] = []
+            for t, template in enumerate(templates):
+                text = template.format(name)
+                text_tokens = tokenizer.encode(text)
+                if not text_tokens:
+                    raise ValueError(f"class name {name!r} produces no tokens")
+                if len(text_tokens) > max_text_tokens:
+                    text_tokens = text_tokens[:max_text_tokens]
+                    truncated.setdefault(name, tokenizer.decode(text_tokens).strip())
+                    self._warn_truncation(name, text, truncated[name], budget)
+                kept_rows.append(tuple(text_tokens))
+                sequence = [tokenizer.sot_token_id, *[0] * self.n_context, *text_tokens, tokenizer.eot_token_id]
+                ids[k * len(templates) + t, : len(sequence)] = torch.tensor(sequence)
+            key = tuple(kept_rows)
+            if key in seen:
+                raise ValueError(
+                    f"class names {seen[key]!r} and {name!r} are the same once cut to fit the model's text context "
+                    f"({budget}: {tokenizer.decode(list(kept_rows[0])).strip()!r}); they would get identical scores. "
+                    "Shorten or rename one of them"
+                )
+            seen[key] = name
+        return ids, truncated
 
-    def _warn_truncation(self, name: str, text: str, n_tokens: int, max_tokens: int, budget_key: str) -> None:
-        # forward() runs every iteration: warn once per class name, not once per call.
+    def _warn_truncation(self, name: str, text: str, kept: str, budget: str) -> None:
+        # Once per class name and encoder, not once per tokenization of a vocabulary.
         if name in self._warned_truncations:
             return
         self._warned_truncations.add(name)
-        logger.warning(
-            "Class name %r: prompt %r has %d tokens, only %d fit (%s); it is truncated",
-            name, text, n_tokens, max_tokens, budget_key,
-        )
+        logger.warning("Class name %r does not fit the text context (%s): prompt %r cut to %r", name, budget, text, kept)
 
     def prompt_tokens(self, class_names: Sequence[str]) -> "PromptTokens":
         """:meth:`tokenize` plus what :meth:`encode` reads from the ids (EOT positions, shared
-        prefix), computed once per vocabulary on the CPU: no host sync with the GPU per forward."""
-        ids = self.tokenize(class_names)
-        return PromptTokens(ids, ids.argmax(dim=-1), shared_prefix_length(ids))
+        prefix, templates per class) and the truncated names, computed once per vocabulary on the
+        CPU: no host sync with the GPU per forward."""
+        ids, truncated = self._tokenize(class_names)
+        templates = len(self.templates) if self.prompt == "template" else 1
+        return PromptTokens(ids, ids.argmax(dim=-1), shared_prefix_length(ids), templates, truncated)
 
     def encode(self, tokens: "PromptTokens", image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Text embeddings (K x embed_dim, not normalised) of tokenized prompts. Gradients reach
-        only ``context``; the text tower is frozen.
+        """Text embeddings (K x embed_dim; not normalised, except the unit-norm means of a prompt
+        ensemble) of tokenized prompts. Gradients reach only ``context``; the text tower is frozen.
 
         With ``image_context`` (B x n_context x width, built with ``context_from_image``), every
         image's context tokens fill the context slots of every prompt: the text tower runs once on
         the B x K sequences, the shared SOT + context prefix once per image, and B x K x embed_dim
         embeddings are returned; gradients reach ``image_context``."""
+        if image_context is None and not torch.is_grad_enabled() and tokens.ids.shape[0] > _NO_GRAD_CHUNK:
+            step = _NO_GRAD_CHUNK - _NO_GRAD_CHUNK % tokens.templates_per_class
+            return torch.cat([self.encode(chunk) for chunk in tokens.chunks(step)])
         ids = tokens.ids
         device = self.clip_text.token_embedding.weight.device
         embeddings = self.clip_text.token_embedding(ids.to(device, non_blocking=True))
@@ -355,7 +394,11 @@ class PromptTextEncoder(nn.Module):
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
         elif self.prompt == "learnable":
             raise ValueError("this prompt encoder takes its context from the image: pass image_context")
-        return self.clip_text(embeddings, tokens.eot_index, tokens.shared_prefix)
+        text = self.clip_text(embeddings, tokens.eot_index, tokens.shared_prefix)
+        if tokens.templates_per_class == 1:
+            return text
+        per_template = F.normalize(text, dim=-1).unflatten(0, (-1, tokens.templates_per_class))
+        return F.normalize(per_template.mean(dim=1), dim=-1)
 
     def _encode_per_image(self, embeddings: torch.Tensor, tokens: "PromptTokens", image_context: torch.Tensor) -> torch.Tensor:
         if self.context is not None or image_context.dim() != 3 or image_context.shape[1:] != (self.n_context, self.width):
@@ -373,16 +416,25 @@ class PromptTextEncoder(nn.Module):
         return text.view(batch, classes, -1)
 
     def forward(self, prompts: Union[Sequence[str], "PromptTokens"]) -> torch.Tensor:
-        """Text embeddings, K x embed_dim, not normalised, of class names (tokenized here) or of
-        prompts tokenized beforehand (:meth:`prompt_tokens`: the text side tokenizes once per
-        vocabulary)."""
+        """Text embeddings, K x embed_dim, of class names (tokenized here) or of prompts tokenized
+        beforehand (:meth:`prompt_tokens`: the text side tokenizes once per vocabulary)."""
         return self.encode(prompts if isinstance(prompts, PromptTokens) else self.prompt_tokens(prompts))
 
 
 class PromptTokens(NamedTuple):
-    """Tokenized prompts of a vocabulary: ids (K x L, CPU), EOT positions (K, CPU) and the number
-    of leading tokens shared by every row."""
+    """Tokenized prompts of a vocabulary: ids ((K x T) x L, CPU; T templates per class), EOT
+    positions (K x T, CPU), the number of leading tokens shared by every row, T, and the class names
+    that were cut to fit, each with the text kept."""
 
     ids: torch.Tensor
     eot_index: torch.Tensor
     shared_prefix: int
+    templates_per_class: int = 1
+    truncated: Dict[str, str] = {}
+
+    def chunks(self, rows: int) -> List["PromptTokens"]:
+        """The prompts in consecutive blocks of ``rows`` rows (a multiple of T: whole classes)."""
+        return [
+            PromptTokens(ids, self.eot_index[start:start + rows], shared_prefix_length(ids), self.templates_per_class)
+            for start, ids in ((s, self.ids[s:s + rows]) for s in range(0, self.ids.shape[0], rows))
+        ]

@@ -121,8 +121,8 @@ def build_app(session: WebDemoSession, examples: Sequence[str] = (), vocabulary:
                 vocabulary_box = gr.Textbox(
                     label="Vocabulary", value=initial_vocabulary, lines=2, interactive=not fixed, elem_id="vocabulary",
                     info=session.fixed_vocabulary_note if fixed else
-                    "Comma-separated class names (Enter to apply), or exactly the name of a preset. "
-                    "The text is encoded once per vocabulary.",
+                    "Class names separated by commas or line breaks (Enter starts a new line), or exactly the "
+                    "name of a preset. Shift+Enter or Detect applies it; the text is encoded once per vocabulary.",
                 )
                 preset_buttons = []
                 with gr.Row(visible=not fixed):

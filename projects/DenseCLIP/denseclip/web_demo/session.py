@@ -22,7 +22,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..data.mapper import BadImageError, read_image_robust
-from ..predictor import DenseCLIPPredictor, parse_vocabulary
+from ..predictor import DenseCLIPPredictor, parse_vocabulary, truncated_names_message
 from ..visualization import draw_predictions, score_map_overlay
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class WebDemoSession:
         return hasattr(self.predictor.model, "text_side") and self._outputs_score_maps
 
     def set_vocabulary(self, text: str) -> bool:
-        """Use the vocabulary ``text`` (comma-separated names or a preset name); True when it
+        """Use the vocabulary ``text`` (names separated by commas or line breaks, or a preset name); True when it
         changed. An unchanged vocabulary leaves the model alone, so its cached text embeddings
         are reused."""
         try:
@@ -254,6 +254,9 @@ class WebDemoSession:
         message = " · ".join(parts)
         names = self.class_names
         message += f"\n\nVocabulary ({len(names)} classes{', text encoded anew' if changed else ''}): " + _shorten(names)
+        truncated = getattr(self.predictor, "truncated_names", {})
+        if truncated:
+            message += f"\n\n**Warning:** {truncated_names_message(truncated)}"
         return WebDemoResult(np.ascontiguousarray(drawn), rows, list(prediction.map_names), message)
 
     def _predict(self, image: np.ndarray) -> Tuple[_Prediction, bool]:
