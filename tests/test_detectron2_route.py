@@ -48,7 +48,9 @@ def head_num_classes(model) -> int:
 
 @pytest.mark.parametrize("config_file", CONFIGS)
 def test_every_config_builds_through_detectron2s_route(config_file):
-    cfg = plain_cfg(config_file)
+    # The prompting ablation's leaves differ from their paper config (built full size here) only in
+    # MODEL.DENSECLIP.PROMPTING: built small, through the same route, to keep the suite's time.
+    cfg = plain_cfg(config_file, TINY if "_prompting-" in config_file else ())
     model = build_model(cfg)
     kind = "stuff_classes" if hasattr(model, "sem_seg_head") else "thing_classes"  # segmentors / detectors
     names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get(kind))
@@ -60,6 +62,7 @@ def test_every_config_builds_through_detectron2s_route(config_file):
         lateral = getattr(model.fpn, f"fpn_lateral{int(math.log2(shape.stride))}")
         assert lateral.in_channels == shape.channels + len(names)  # image channels + score maps
         assert model.text_side.fused_shapes(model.backbone.output_shape())[feature].channels == shape.channels + len(names)
+        assert model.text_side.prompting == cfg.MODEL.DENSECLIP.PROMPTING
 
 
 def test_class_names_of_the_config_size_the_heads_and_disagreeing_num_classes_is_an_error():

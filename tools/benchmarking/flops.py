@@ -68,14 +68,20 @@ def count_flops(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[st
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def flop_analysis(FlopCountAnalysis, model: torch.nn.Module, inputs: Any):
+    """Detectron2's FlopCountAnalysis of ``model`` on ``inputs``, quiet, with the sdpa handle."""
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_flop_jit})
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
 def _count_flops(FlopCountAnalysis, model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Dict[str, Any]:
     with torch.no_grad():
         model(inputs)  # fills caches (DenseCLIP's text embeddings) so that the trace is the inference path
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_flop_jit})
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        analysis.tracer_warnings("none")
+        analysis = flop_analysis(FlopCountAnalysis, model, inputs)
         total = analysis.total()
         by_module = analysis.by_module()
         by_operator = analysis.by_operator()

@@ -139,6 +139,13 @@ def add_denseclip_config(cfg: CN) -> None:
     _C.MODEL.DENSECLIP.TEXT_ENCODER_MODEL = ""
     _C.MODEL.DENSECLIP.TEXT_ENCODER_PRETRAINED = ""
 
+    # How the image's context enters the text (the paper's section 3.3 and its ablation):
+    # "post" (the paper's models): the K text embeddings attend to the image tokens [global, dense]
+    # through the context decoder (CONTEXT_DECODER), text + gamma * update;
+    # "pre": N_CONTEXT learnable queries attend to the image tokens through a decoder of the same
+    # size, whose outputs are every prompt's context tokens: the text tower runs per image (B x K);
+    # "none": the learnable context only. CONTEXT_DECODER.ENABLED False is the older spelling of "none".
+    _C.MODEL.DENSECLIP.PROMPTING = "post"
     _C.MODEL.DENSECLIP.CONTEXT_DECODER = CN()
     _C.MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED = True
     _C.MODEL.DENSECLIP.CONTEXT_DECODER.WIDTH = 256

@@ -150,6 +150,11 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {FORMATS}, got '{fmt}'")
+    if getattr(getattr(model, "text_side", None), "prompting", None) == "pre":
+        raise ValueError(
+            "MODEL.DENSECLIP.PROMPTING 'pre' cannot be exported yet: its text embeddings depend on the image, so "
+            "the graph would have to contain CLIP's text tower (the graphs hold the vocabulary's text as a constant)"
+        )
     if fmt == "onnx":
         _require_onnx_exporter()
     model.eval()

@@ -68,8 +68,9 @@ def model_parameter_groups(model: torch.nn.Module) -> Dict[str, List[Tuple[str, 
     roles = {id(p): "image_encoder" for p in encoder.parameters()} if encoder is not None else {}
     if text_side is not None:
         roles.update({id(p): "text_tower" for p in text_side.prompt_encoder.clip_text.parameters()})
-        if text_side.prompt_encoder.context is not None:
-            roles[id(text_side.prompt_encoder.context)] = "text_prompt"
+        for prompt in (text_side.prompt_encoder.context, getattr(text_side, "context_queries", None)):
+            if prompt is not None:  # the learnable context, or the queries of pre-model prompting
+                roles[id(prompt)] = "text_prompt"
     groups: Dict[str, List[Tuple[str, torch.nn.Parameter]]] = {k: [] for k in ("image_encoder", "text_tower", "text_prompt", "rest")}
     for name, param in model.named_parameters():
         groups[roles.get(id(param), "rest")].append((name, param))

@@ -16,7 +16,7 @@ from detectron2.modeling import FPN, META_ARCH_REGISTRY, Backbone, build_model
 from ..text import ContextDecoder, PromptTextEncoder
 from ..text.prompt_templates import prompt_ensemble
 from .encoders import build_denseclip_encoders
-from .text_side import DenseCLIPTextSide
+from .text_side import PROMPTING_MODES, DenseCLIPTextSide
 from .vocabulary import VOCABULARY_META_ARCHITECTURES, vocabulary_from_config
 
 __all__ = ["DenseCLIPParts", "build_denseclip_model", "build_denseclip_parts", "denseclip_options", "model_vocabulary"]
@@ -38,9 +38,27 @@ def model_vocabulary(cfg: CfgNode, vocabulary: Optional[Sequence[str]], kind: st
     return list(vocabulary) if vocabulary is not None else vocabulary_from_config(cfg, kind)
 
 
-def build_text_side(cfg: CfgNode, clip_model: torch.nn.Module, embed_dim: int, vocabulary: Sequence[str]) -> DenseCLIPTextSide:
-    """Prompt encoder over ``clip_model``'s text tower, context decoder and score maps, for ``vocabulary``."""
+def prompting_mode(cfg: CfgNode) -> str:
+    """MODEL.DENSECLIP.PROMPTING, checked; CONTEXT_DECODER.ENABLED False is the older spelling of
+    "none" (and contradicts "pre")."""
     d = cfg.MODEL.DENSECLIP
+    if d.PROMPTING not in PROMPTING_MODES:
+        raise ValueError(f"MODEL.DENSECLIP.PROMPTING must be one of {PROMPTING_MODES}, got '{d.PROMPTING}'")
+    if d.CONTEXT_DECODER.ENABLED:
+        return d.PROMPTING
+    if d.PROMPTING == "pre":
+        raise ValueError(
+            "MODEL.DENSECLIP.PROMPTING 'pre' needs its context decoder: MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED "
+            "must be True (False means PROMPTING 'none')"
+        )
+    return "none"
+
+
+def build_text_side(cfg: CfgNode, clip_model: torch.nn.Module, embed_dim: int, vocabulary: Sequence[str]) -> DenseCLIPTextSide:
+    """Prompt encoder over ``clip_model``'s text tower, context decoder (post- or pre-model
+    prompting, sized by MODEL.DENSECLIP.CONTEXT_DECODER) and score maps, for ``vocabulary``."""
+    d = cfg.MODEL.DENSECLIP
+    prompting = prompting_mode(cfg)
     prompt_encoder = PromptTextEncoder(
         clip_model,  # only its text tower is used
         prompt=d.PROMPT,
@@ -51,15 +69,23 @@ def build_text_side(cfg: CfgNode, clip_model: torch.nn.Module, embed_dim: int, v
         context_length=d.TEXT_CONTEXT_LENGTH,
         # The one place that decides whether CLIP's text weights train.
         freeze_text_tower=cfg.SOLVER.TEXT_ENCODER_MULTIPLIER == 0,
+        context_from_image=prompting == "pre",
     )
-    decoder = None
-    if d.CONTEXT_DECODER.ENABLED:
+    decoder, queries = None, None
+    if prompting != "none":
         c = d.CONTEXT_DECODER
-        decoder = ContextDecoder(embed_dim, width=c.WIDTH, heads=c.HEADS, layers=c.LAYERS, dropout=c.DROPOUT)
+        # "pre": the decoder's outputs are context tokens, of the text tower's token width.
+        out_dim = prompt_encoder.width if prompting == "pre" else None
+        decoder = ContextDecoder(embed_dim, width=c.WIDTH, heads=c.HEADS, layers=c.LAYERS, dropout=c.DROPOUT,
+                                 out_dim=out_dim)
+    if prompting == "pre":
+        # N_CONTEXT queries in the visual embedding space (the decoder's input side, as the text
+        # embeddings of "post"), initialised as the decoder's weights (the paper does not say).
+        queries = torch.nn.init.trunc_normal_(torch.empty(d.N_CONTEXT, embed_dim), std=0.02)
     return DenseCLIPTextSide(
         prompt_encoder, decoder, vocabulary, embed_dim=embed_dim,
         tau=d.TAU, gamma_init=d.CONTEXT_DECODER.GAMMA_INIT, score_map_feature=d.SCORE_MAP_FEATURE,
-        raw_score_map=d.FUSE_RAW_SCORES,
+        raw_score_map=d.FUSE_RAW_SCORES, prompting=prompting, context_queries=queries,
     )
 
 

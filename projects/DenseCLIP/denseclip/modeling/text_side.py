@@ -29,12 +29,26 @@ class TextSideOutput(NamedTuple):
     score_map: torch.Tensor
 
 
+PROMPTING_MODES = ("post", "pre", "none")
+
+
 class DenseCLIPTextSide(nn.Module):
     """Vocabulary -> text embeddings -> context-refined text -> pixel-text score maps.
 
+    The image context enters the text in one of the paper's two ways (section 3.3), or not at all
+    (``prompting``, MODEL.DENSECLIP.PROMPTING):
+
+    - "post" (the paper's models): the K text embeddings, computed once per vocabulary, attend to
+      the image's tokens [global, dense...] through ``context_decoder``; ``text + gamma * update``.
+    - "pre": ``context_queries`` (N x D) attend to the image's tokens through ``context_decoder``
+      (outputs of the text tower's token width); its N outputs are the context tokens of every
+      class's prompt, so the frozen text tower runs per image, on B x K sequences, in one pass.
+    - "none": the learnable context only; no context decoder.
+
     Args:
-        prompt_encoder: class names to K x D text embeddings (learnable context + frozen CLIP text).
-        context_decoder: refines the text with the image's tokens; None disables the refinement.
+        prompt_encoder: class names to K x D text embeddings (learnable context + frozen CLIP text;
+            for "pre", built with ``context_from_image``).
+        context_decoder: the transformer decoder over the image's tokens; None for "none".
         vocabulary: the class names.
         embed_dim: D, CLIP's joint embedding dimension (size of ``gamma``).
         tau: fixed temperature of the score maps.
@@ -42,6 +56,8 @@ class DenseCLIPTextSide(nn.Module):
         score_map_feature: the image feature the score maps are concatenated to (res5).
         raw_score_map: the score maps are the cosine similarities themselves, not divided by tau
             (what the reference's segmentation models concatenate; its detectors use cosine / tau).
+        prompting: "post", "pre" or "none" (above).
+        context_queries: the learnable queries of "pre" (N x D); None otherwise.
     """
 
     def __init__(
@@ -55,11 +71,22 @@ class DenseCLIPTextSide(nn.Module):
         gamma_init: float = 1e-4,
         score_map_feature: str = "res5",
         raw_score_map: bool = False,
+        prompting: str = "post",
+        context_queries: Optional[torch.Tensor] = None,
     ):
         super().__init__()
+        if prompting not in PROMPTING_MODES:
+            raise ValueError(f"MODEL.DENSECLIP.PROMPTING must be one of {PROMPTING_MODES}, got '{prompting}'")
+        if (context_decoder is None) != (prompting == "none") or (context_queries is None) != (prompting != "pre"):
+            raise ValueError(
+                f"prompting '{prompting}' needs {'no' if prompting == 'none' else 'a'} context decoder and "
+                f"{'its' if prompting == 'pre' else 'no'} context queries"
+            )
+        self.prompting = prompting
         self.prompt_encoder = prompt_encoder
         self.context_decoder = context_decoder
-        self.gamma = nn.Parameter(torch.full((embed_dim,), gamma_init)) if context_decoder is not None else None
+        self.gamma = nn.Parameter(torch.full((embed_dim,), gamma_init)) if prompting == "post" else None
+        self.context_queries = nn.Parameter(context_queries) if context_queries is not None else None
         self.tau = tau
         self.score_map_feature = score_map_feature
         self.raw_score_map = raw_score_map
@@ -103,7 +130,13 @@ class DenseCLIPTextSide(nn.Module):
         computed once per vocabulary and kept in ``text_embeddings_cache`` (also across ``eval()``),
         so inference never re-runs the text encoder. A training step with a learnable prompt
         computes them afresh and drops the cache, which that step's update makes stale.
+        Pre-model prompting has no such embeddings: its text depends on the image.
         """
+        if self.prompting == "pre":
+            raise RuntimeError(
+                "MODEL.DENSECLIP.PROMPTING 'pre' has no image-independent text embeddings: the text "
+                "tower runs per image (a graph of this model must contain the text tower)"
+            )
         if self.training and self._text_is_learnable() and torch.is_grad_enabled():
             self._drop_text_cache()
             return self.prompt_encoder(self._tokens)
@@ -112,17 +145,31 @@ class DenseCLIPTextSide(nn.Module):
                 self.text_embeddings_cache = self.prompt_encoder(self._tokens)
         return self.text_embeddings_cache
 
+    @staticmethod
+    def visual_tokens(global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """The decoder's memory: B x (1 + HW) x D tokens [global, dense...] of each image."""
+        return torch.cat([global_embed.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
+
     def refine_text(self, text: torch.Tensor, global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """Context-aware prompting: the text attends to the image's tokens [global, dense...]."""
+        """Post-model prompting: the text attends to the image's tokens [global, dense...]."""
         text = text.unsqueeze(0).expand(dense.shape[0], -1, -1)
         if self.context_decoder is None:
             return text
-        visual = torch.cat([global_embed.unsqueeze(1), dense.flatten(2).transpose(1, 2)], dim=1)
-        return text + self.gamma * self.context_decoder(text, visual)
+        return text + self.gamma * self.context_decoder(text, self.visual_tokens(global_embed, dense))
+
+    def prompted_text(self, global_embed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Pre-model prompting: the queries attend to the image's tokens; their outputs are every
+        prompt's context tokens, encoded by the text tower per image. B x K x D."""
+        memory = self.visual_tokens(global_embed, dense)
+        queries = self.context_queries.to(memory.dtype).unsqueeze(0).expand(memory.shape[0], -1, -1)
+        return self.prompt_encoder.encode(self._tokens, image_context=self.context_decoder(queries, memory))
 
     def forward(self, image_features: Dict[str, torch.Tensor]) -> TextSideOutput:
-        dense = image_features[CLIP_DENSE]
-        text = self.refine_text(self.class_text_embeddings().to(dense.dtype), image_features[CLIP_GLOBAL], dense)
+        dense, global_embed = image_features[CLIP_DENSE], image_features[CLIP_GLOBAL]
+        if self.prompting == "pre":
+            text = self.prompted_text(global_embed, dense).to(dense.dtype)
+        else:
+            text = self.refine_text(self.class_text_embeddings().to(dense.dtype), global_embed, dense)
         return TextSideOutput(text, pixel_text_score_map(dense, text, 1.0 if self.raw_score_map else self.tau))
 
     def score_logits(self, score_map: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,14 @@ This is the "post-model" context-aware prompting of DenseCLIP (section 3.3 of th
 embeddings of the K classes are refined with a small transformer decoder whose queries are the text
 embeddings and whose memory is the image's visual tokens ([global, dense...]). The caller adds the
 output back to the text embeddings, scaled by a learnable ``gamma`` that lives outside this module.
+
+The same decoder serves the paper's "pre-model" prompting (``modeling/text_side.py``): there its
+queries are learnable vectors and its outputs, sized ``out_dim`` (the text tower's token width), are
+the context tokens of the prompts.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +88,8 @@ class ContextDecoder(nn.Module):
         heads: attention heads; must divide ``width``.
         layers: number of decoder layers.
         dropout: dropout after each attention output projection and inside/after each MLP.
+        out_dim: width of the outputs; default ``visual_dim`` (post-model prompting: an update of
+            the text embeddings). Pre-model prompting sets the text tower's token width.
 
     With the defaults the module has 3,948,800 parameters for D=1024 and 3,553,024 for D=512, the
     reference implementation's counts. Parameter names follow the reference's layout (memory_proj,
@@ -96,6 +104,7 @@ class ContextDecoder(nn.Module):
         heads: int = 4,
         layers: int = 3,
         dropout: float = 0.1,
+        out_dim: Optional[int] = None,
     ) -> None:
         super().__init__()
         if visual_dim <= 0 or width <= 0 or heads <= 0 or layers <= 0:
@@ -123,7 +132,7 @@ class ContextDecoder(nn.Module):
         self.decoder = nn.ModuleList(_DecoderLayer(width, heads, dropout) for _ in range(layers))
         self.out_proj = nn.Sequential(
             nn.LayerNorm(width),
-            nn.Linear(width, visual_dim),
+            nn.Linear(width, visual_dim if out_dim is None else out_dim),
         )
         self.apply(self._init_weights)
 
@@ -143,11 +152,13 @@ class ContextDecoder(nn.Module):
         """Refine text embeddings with visual context.
 
         Args:
-            text: B x K x D text embeddings (one row per class, repeated for each image).
+            text: B x K x D text embeddings (one row per class, repeated for each image), or the
+                queries of pre-model prompting.
             visual: B x N x D visual tokens of each image (the reference uses [global, dense...]).
 
         Returns:
-            B x K x D update for the text embeddings (the caller scales it by gamma and adds it).
+            B x K x out_dim: the update for the text embeddings (the caller scales it by gamma and
+            adds it), or the context tokens of pre-model prompting.
         """
         if text.dim() != 3 or visual.dim() != 3:
             raise ValueError(

@@ -120,14 +120,18 @@ class CLIPTextTower(nn.Module):
             return self.text_projection.out_features
         return self.text_projection.shape[1]
 
-    def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
+    def forward(self, token_embeddings: torch.Tensor, eot_index: torch.Tensor, shared_prefix: int = 0,
+                groups: int = 1) -> torch.Tensor:
         """Encode K sequences of token embeddings (K x L x width) and pool each at its EOT position
         (``eot_index``: K positions, best on the CPU, where reading their maximum needs no GPU sync).
 
         Returns K x embed_dim text embeddings, as ``CLIP.encode_text`` computes them. Under the
         causal mask a token's state depends only on the tokens before it, so tokens after the last
         EOT are dropped, and the first ``shared_prefix`` tokens, identical in every sequence (SOT
-        and the learnable context), are encoded once instead of once per class.
+        and the learnable context), are encoded once instead of once per class. With ``groups`` G
+        the G x K sequences come as G consecutive blocks of K (pre-model prompting: one block per
+        image, each with its own context), the prefix shared within a block and encoded once per
+        block; ``eot_index`` then has G x K positions.
         """
         cast_dtype = self.transformer.get_cast_dtype()
         length = int(eot_index.max()) + 1
@@ -135,7 +139,7 @@ class CLIPTextTower(nn.Module):
         mask = self.attn_mask[:length, :length]
         prefix = min(shared_prefix, int(eot_index.min()))  # every EOT stays in the per-class part
         if prefix > 0:
-            x = self._encode_after_shared_prefix(x, mask, prefix)
+            x = self._encode_after_shared_prefix(x, mask, prefix, groups)
             eot_index = eot_index - prefix
         else:
             x = self.transformer(x, attn_mask=mask)
@@ -145,15 +149,18 @@ class CLIPTextTower(nn.Module):
             return self.text_projection(x)
         return x @ self.text_projection
 
-    def _encode_after_shared_prefix(self, x: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
+    def _encode_after_shared_prefix(self, x: torch.Tensor, mask: torch.Tensor, prefix: int, groups: int = 1) -> torch.Tensor:
         """The transformer's output for tokens ``prefix:`` of every sequence, the first ``prefix``
-        tokens (the same in every row) run once: each block's per-class tokens attend to the
-        block's input for the shared prefix and for themselves, exactly as in the full sequence."""
+        tokens (the same in every row of a group) run once per group: each block's per-class tokens
+        attend to the block's input for the shared prefix and for themselves, exactly as in the full
+        sequence."""
         if not getattr(self.transformer, "batch_first", True):
             raise ValueError("shared-prefix encoding needs a batch-first open_clip text transformer")
-        shared, own = x[:1, :prefix], x[:, prefix:]
+        per_group = x.shape[0] // groups
+        shared, own = x[::per_group, :prefix], x[:, prefix:]
         for block in self.transformer.resblocks:
-            normed_shared = block.ln_1(shared).expand(own.shape[0], -1, -1)
+            normed_shared = block.ln_1(shared)
+            normed_shared = normed_shared[:, None].expand(-1, per_group, -1, -1).reshape(own.shape[0], prefix, -1)
             normed_own = block.ln_1(own)
             keys = torch.cat([normed_shared, normed_own], dim=1)
             own = own + block.ls_1(block.attention(q_x=normed_own, k_x=keys, v_x=keys, attn_mask=mask[prefix:]))
@@ -186,6 +193,9 @@ class PromptTextEncoder(nn.Module):
             ``nn.init.trunc_normal_`` with its defaults, i.e. std 1.0 (CoOp uses normal std 0.02).
         freeze_text_tower: keep CLIP's text weights fixed (``requires_grad`` False), as DenseCLIP
             does; the model builder sets it from SOLVER.TEXT_ENCODER_MULTIPLIER.
+        context_from_image: the n_context context tokens come from each image at every call
+            (:meth:`encode`'s ``image_context``: DenseCLIP's pre-model prompting) instead of being
+            parameters of this module; needs prompt "learnable".
 
     Attributes:
         clip_text: the CLIP text tower (:class:`CLIPTextTower`); all CLIP text weights live here.
@@ -203,6 +213,7 @@ class PromptTextEncoder(nn.Module):
         context_length: int = 13,
         context_init_std: float = 1.0,
         freeze_text_tower: bool = True,
+        context_from_image: bool = False,
     ) -> None:
         super().__init__()
         templates = tuple(templates) if templates else (template,)
@@ -213,6 +224,11 @@ class PromptTextEncoder(nn.Module):
                 "a prompt ensemble (MODEL.DENSECLIP.PROMPT_ENSEMBLE) needs MODEL.DENSECLIP.PROMPT 'template': "
                 "the learnable context replaces the templates' words"
             )
+        if context_from_image and prompt != "learnable":
+            raise ValueError(
+                "MODEL.DENSECLIP.PROMPTING 'pre' puts the image's context tokens into learnable-prompt "
+                f"slots: MODEL.DENSECLIP.PROMPT must be 'learnable', got '{prompt}'"
+            )
         self.prompt = prompt
         self.n_context = n_context
         self.template = templates[0]
@@ -221,7 +237,7 @@ class PromptTextEncoder(nn.Module):
         self.context_length = context_length
         self.clip_text = CLIPTextTower(clip_model, context_length)
         self.clip_text.requires_grad_(not freeze_text_tower)
-        if prompt == "learnable":
+        if prompt == "learnable" and not context_from_image:
             self.context = nn.Parameter(torch.empty(n_context, self.clip_text.width))
             nn.init.trunc_normal_(self.context, std=context_init_std,
                                   a=-2 * context_init_std, b=2 * context_init_std)
@@ -357,23 +373,47 @@ class PromptTextEncoder(nn.Module):
         templates = len(self.templates) if self.prompt == "template" else 1
         return PromptTokens(ids, ids.argmax(dim=-1), shared_prefix_length(ids), templates, truncated)
 
-    def encode(self, tokens: "PromptTokens") -> torch.Tensor:
+    def encode(self, tokens: "PromptTokens", image_context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Text embeddings (K x embed_dim; not normalised, except the unit-norm means of a prompt
-        ensemble) of tokenized prompts. Gradients reach only ``context``; the text tower is frozen."""
-        if not torch.is_grad_enabled() and tokens.ids.shape[0] > _NO_GRAD_CHUNK:
+        ensemble) of tokenized prompts. Gradients reach only ``context``; the text tower is frozen.
+
+        With ``image_context`` (B x n_context x width, built with ``context_from_image``), every
+        image's context tokens fill the context slots of every prompt: the text tower runs once on
+        the B x K sequences, the shared SOT + context prefix once per image, and B x K x embed_dim
+        embeddings are returned; gradients reach ``image_context``."""
+        if image_context is None and not torch.is_grad_enabled() and tokens.ids.shape[0] > _NO_GRAD_CHUNK:
             step = _NO_GRAD_CHUNK - _NO_GRAD_CHUNK % tokens.templates_per_class
             return torch.cat([self.encode(chunk) for chunk in tokens.chunks(step)])
         ids = tokens.ids
         device = self.clip_text.token_embedding.weight.device
         embeddings = self.clip_text.token_embedding(ids.to(device, non_blocking=True))
+        if image_context is not None:
+            return self._encode_per_image(embeddings, tokens, image_context)
         if self.context is not None:
             context = self.context.to(embeddings.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
             embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + self.n_context:]], dim=1)
+        elif self.prompt == "learnable":
+            raise ValueError("this prompt encoder takes its context from the image: pass image_context")
         text = self.clip_text(embeddings, tokens.eot_index, tokens.shared_prefix)
         if tokens.templates_per_class == 1:
             return text
         per_template = F.normalize(text, dim=-1).unflatten(0, (-1, tokens.templates_per_class))
         return F.normalize(per_template.mean(dim=1), dim=-1)
+
+    def _encode_per_image(self, embeddings: torch.Tensor, tokens: "PromptTokens", image_context: torch.Tensor) -> torch.Tensor:
+        if self.context is not None or image_context.dim() != 3 or image_context.shape[1:] != (self.n_context, self.width):
+            raise ValueError(
+                f"image_context must be B x {self.n_context} x {self.width} for an encoder built with "
+                f"context_from_image, got {tuple(image_context.shape)}"
+                + (" (this encoder has its own learnable context)" if self.context is not None else "")
+            )
+        batch, classes = image_context.shape[0], embeddings.shape[0]
+        context = image_context.to(embeddings.dtype)[:, None].expand(-1, classes, -1, -1)
+        start = embeddings[None, :, :1].expand(batch, -1, -1, -1)
+        names = embeddings[None, :, 1 + self.n_context:].expand(batch, -1, -1, -1)
+        sequences = torch.cat([start, context, names], dim=2).flatten(0, 1)  # (B x K) x L x width
+        text = self.clip_text(sequences, tokens.eot_index.repeat(batch), tokens.shared_prefix, groups=batch)
+        return text.view(batch, classes, -1)
 
     def forward(self, prompts: Union[Sequence[str], "PromptTokens"]) -> torch.Tensor:
         """Text embeddings, K x embed_dim, of class names (tokenized here) or of prompts tokenized
