@@ -39,10 +39,18 @@ def _seed_and_threads():
 
 @pytest.fixture(autouse=True)
 def _loggers_propagate():
-    """Detectron2's setup_logger (run by in-process trainer tests) stops the named loggers from
-    propagating; caplog listens on the root logger, so later tests would miss their records."""
+    """Detectron2's setup_logger (run by in-process trainer and CLI tests) stops the named loggers
+    from propagating, and adds handlers writing to that test's sys.stdout/stderr: caplog listens on
+    the root logger, so later tests would miss their records, and capsys closes those streams after
+    the test, so a later record sent there prints a "--- Logging error ---" traceback into the next
+    test's captured stderr. Both are undone before every test."""
     import logging
 
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
     for name in ("denseclip", "detectron2", "d2", "fvcore"):
         logging.getLogger(name).propagate = True
 
