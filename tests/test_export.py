@@ -186,6 +186,33 @@ def test_export_matches_pytorch_on_photos(config_file, fmt, make_cfg, tiny_coco_
     assert_runner_without_torch_matches(model, export_dir, list(zip(photos, inputs)), tmp_path)
 
 
+def test_pre_model_prompting_exports_with_the_text_tower_in_the_graph(make_cfg, tiny_coco_root, tmp_path):
+    """MODEL.DENSECLIP.PROMPTING "pre": the text depends on the image, so the one ONNX graph holds
+    the context decoder over the queries and the frozen CLIP text tower over the vocabulary's
+    tokens; it matches eager on photos, with and without PyTorch. The split formats refuse it."""
+    import onnx
+
+    from denseclip.deploy import ExportedModel, export_model
+
+    opts = TINY + ["MODEL.RETINANET.SCORE_THRESH_TEST", 0.02, "MODEL.DENSECLIP.PROMPTING", "pre"]
+    cfg = make_cfg(RETINANET_LANGUAGE, opts)
+    model = spread_scores(build_model(cfg)).eval()
+    with pytest.raises(ValueError, match="PROMPTING 'pre' exports with --format onnx only, got 'torch.export'"):
+        export_model(model, cfg, str(tmp_path / "pt2"), "torch.export")
+    assert not (tmp_path / "pt2").exists()
+    export_dir = tmp_path / "export"
+    manifest = export_model(model, cfg, str(export_dir), "onnx")
+    assert manifest["text_tower_in_graph"] is True and manifest["class_names"] == ["cat", "dog", "person"]
+    graph = onnx.load(str(export_dir / "model.onnx"), load_external_data=False)
+    assert any(i.name.startswith("model.text_side.prompt_encoder.clip_text.") for i in graph.graph.initializer)
+    tower_bytes = sum(p.numel() * 4 for p in model.text_side.prompt_encoder.parameters())
+    assert (export_dir / "model.onnx").stat().st_size > tower_bytes  # the tower's weights are in the file
+    inputs = photo_inputs(tiny_coco_root, cfg)
+    assert_parity(model, ExportedModel(str(export_dir)), inputs)
+    photos = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[:1]
+    assert_runner_without_torch_matches(model, export_dir, list(zip(photos, inputs)), tmp_path)
+
+
 def test_segmentation_export_matches_pytorch_on_photos(make_cfg, tiny_coco_root, tmp_path):
     """DenseCLIP Semantic FPN (paper architecture, RN-tiny), one ONNX export: the graph is the
     model's encode_decode on one unpadded view of any size; whole-image, sliding-window (64 px

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS), str(TOOLS.parent / "projects" / "DenseCLIP")]
@@ -170,6 +170,8 @@ def main() -> Dict[str, Any]:
     p.add_argument("--paired-size", type=parse_size, default=None, metavar="WxH",
                    help="also time whole models (pre / post, none / post) in alternating rounds at this size")
     p.add_argument("--paired-repeats", type=int, default=3)
+    p.add_argument("--paired-tasks", nargs="+", default=None, metavar="TASK",
+                   help="paired rounds for these tasks only (words of their names, e.g. ADE20K RetinaNet 'Mask R-CNN')")
     p.add_argument("--skip-cost", action="store_true", help="skip parameters and FLOPs")
     p.add_argument("--skip-timing", action="store_true", help="skip the text side's time and memory grid")
     p.add_argument("--output-json", default="prompting_cost.json")
@@ -201,16 +203,19 @@ def main() -> Dict[str, Any]:
                 print(json.dumps(row), flush=True)
     if args.paired_size is not None:
         bench_args.paired_repeats = args.paired_repeats
-        results["paired"] = paired_pairs(bench_args, args.paired_size)
+        results["paired"] = paired_pairs(bench_args, args.paired_size, args.paired_tasks)
     Path(args.output_json).write_text(json.dumps(results, indent=1))
     return results
 
 
-def paired_pairs(bench_args, size) -> List[Dict[str, Any]]:
+def paired_pairs(bench_args, size, tasks: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Whole-model time ratios, pre / post and none / post, in alternating rounds (tools/benchmark.py's
-    paired rounds: batch-1 inference and training iterations)."""
+    paired rounds: batch-1 inference and training iterations), for every ablation config's task, or
+    those whose name contains one of ``tasks``."""
     out = []
-    for task, config, _, _ in WORKLOADS:
+    for task, config, _, _ in COST_WORKLOADS:
+        if tasks and not any(t in task for t in tasks):
+            continue
         for mode in ("pre", "none"):
             ratios = paired_ratios(variant_path(config, mode), variant_path(config, "post"), bench_args, [size])
             entry = {"task": task, "subject": mode, "reference": "post", "size": list(size),

@@ -13,7 +13,9 @@ Semantic FPN            ``image`` float32 H x W x 3 (RGB pixel values 0-255, any
 
 Inside a detector's graph runs the model's own inference code, traced: normalisation and padding
 to the size divisibility (Detectron2's ``ImageList``), CLIP image encoder, text side with the
-vocabulary's text embeddings as a constant (:func:`.graphs.constant_text_side`), FPN, heads,
+vocabulary's text embeddings as a constant (:func:`.graphs.constant_text_side`; with pre-model
+prompting, MODEL.DENSECLIP.PROMPTING "pre", the text depends on the image, so the graph holds the
+context decoder over the queries and the frozen CLIP text tower over the vocabulary's tokens), FPN, heads,
 anchors, top-k candidates (``TopK``), box decoding, class-wise NMS (``NonMaxSuppression``), for
 R-CNN the RPN proposals, ``RoiAlign`` pooling and Fast R-CNN / mask inference; then boxes clipped to
 the image and empty ones dropped (Detectron2's ``detector_postprocess`` at the input's own size).
@@ -43,7 +45,10 @@ BOXES, SCORES, CLASSES, MASK_PROBS = "boxes", "scores", "classes", "mask_probs"
 
 def with_constant_text(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` whose text side holds the vocabulary's text embeddings as a
-    constant (no CLIP text tower): the copy runs the model's own methods."""
+    constant (no CLIP text tower): the copy runs the model's own methods. Pre-model prompting has
+    no such constant (its text depends on the image): the model itself, text tower included."""
+    if model.text_side.prompting == "pre":
+        return model
     copied = copy.copy(model)
     copied._modules = dict(model._modules)
     copied._modules["text_side"] = constant_text_side(model.text_side)

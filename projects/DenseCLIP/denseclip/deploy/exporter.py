@@ -150,10 +150,15 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {FORMATS}, got '{fmt}'")
-    if getattr(getattr(model, "text_side", None), "prompting", None) == "pre":
+    if cfg.MODEL.META_ARCHITECTURE not in supported_meta_architectures():
+        raise ValueError(f"MODEL.META_ARCHITECTURE '{cfg.MODEL.META_ARCHITECTURE}' cannot be exported: expected one "
+                         f"of {supported_meta_architectures()}")
+    text_tower_in_graph = model.text_side.prompting == "pre"
+    if text_tower_in_graph and fmt != "onnx":
         raise ValueError(
-            "MODEL.DENSECLIP.PROMPTING 'pre' cannot be exported yet: its text embeddings depend on the image, so "
-            "the graph would have to contain CLIP's text tower (the graphs hold the vocabulary's text as a constant)"
+            f"MODEL.DENSECLIP.PROMPTING 'pre' exports with --format onnx only, got '{fmt}': its text embeddings "
+            "depend on the image, so the graph holds CLIP's text tower, which the split graphs of "
+            "torch.export / TorchScript take as a constant"
         )
     if fmt == "onnx":
         _require_onnx_exporter()
@@ -167,6 +172,8 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "class_names": class_names,
         "language_guided": bool(model.language_guided),
+        # Pre-model prompting: the frozen CLIP text tower runs in the graph, per image.
+        "text_tower_in_graph": text_tower_in_graph,
         "config": CONFIG,
         "size_divisibility": model.backbone.size_divisibility,
         "min_image_side": MIN_SIDE_UNITS * model.backbone.size_divisibility,
