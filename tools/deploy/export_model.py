@@ -11,7 +11,8 @@ logits, which tools/deploy/onnx_infer.py runs with ONNX Runtime, NumPy and Pillo
 file per exported part (model, and for R-CNN box_head and mask_head: .pt2 for torch.export, .ts for
 traced TorchScript, with post-processing in denseclip.deploy's runner), config.yaml and
 denseclip_export.json (class names, graphs, their inputs and outputs, test-time settings). The vocabulary's text
-embeddings are constants of the graphs: the CLIP text tower is not exported. Run the export with
+embeddings are constants of the graphs: the CLIP text tower is not exported, except for pre-model
+prompting (MODEL.DENSECLIP.PROMPTING pre, --format onnx only), whose text depends on the image. Run the export with
 ``demo.py --onnx DIR``, ``train_net.py --eval-only --onnx DIR`` or ``denseclip.deploy.ExportedModel``.
 --format torchscript traces the graphs (TorchScript is deprecated by PyTorch).
 With --sample-image, the export is run on that image next to the PyTorch model and the largest
