@@ -14,14 +14,12 @@ from .optimizer import (
     model_parameter_groups,
 )
 from .run_output import redirect_evaluation_output
+from .run_setup import cpu_processes_requested, default_argument_parser, setup
 from .trainer import (
     AutocastTrainer,
     GradScalerOverflowLogger,
     LRScheduler,
     Trainer,
-    cpu_processes_requested,
-    default_argument_parser,
-    setup,
 )
 
 __all__ = [
