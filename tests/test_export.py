@@ -58,6 +58,13 @@ def photo_inputs(root: Path, cfg, count: int = 2):
     return inputs
 
 
+def box_tolerance(x: dict) -> float:
+    """1e-3 px at the resolution the model sees. The tests show the photos to tiny models at about a
+    quarter of their size, and Detectron2 scales the boxes back to the photo, which multiplies a
+    float difference of the two runtimes (a few ulps) by the same factor."""
+    return 1e-3 * max(x["height"] / x["image"].shape[-2], x["width"] / x["image"].shape[-1])
+
+
 def assert_parity(model, runner, inputs):
     from denseclip.deploy.parity import compare_predictions
 
@@ -70,7 +77,7 @@ def assert_parity(model, runner, inputs):
         assert report["detections"] == (n, n), report
         detections += n
         assert report["labels_equal"], report
-        assert report["max_box_diff"] <= 1e-3 and report["max_score_diff"] <= 1e-4, report
+        assert report["max_box_diff"] <= box_tolerance(x) and report["max_score_diff"] <= 1e-4, report
         assert report["min_mask_iou"] >= 0.99, report
         sizes.add(tuple(x["image"].shape[-2:]))
     assert len(sizes) > 1  # one export, several input sizes
@@ -136,7 +143,8 @@ def assert_runner_without_torch_matches(model, export_dir: Path, photos, tmp_pat
             expected = model([x])[0]
         result = compare_predictions(expected, {"instances": found})
         assert result["detections"][0] > 0 and result["detections"][0] == result["detections"][1], result
-        assert result["labels_equal"] and result["max_box_diff"] <= 1e-3 and result["max_score_diff"] <= 1e-4, result
+        assert result["labels_equal"] and result["max_box_diff"] <= box_tolerance(x), result
+        assert result["max_score_diff"] <= 1e-4, result
         assert result["min_mask_iou"] >= 0.99, result
         assert [d["label"] for d in report["detections"]] == [model.class_names[c] for c in expected["instances"].pred_classes]
 
