@@ -562,8 +562,9 @@ def test_nonfinite_loss_raises_with_iteration_and_names(make_cfg):
 
 def test_bfloat16_amp_trains_mask_rcnn_on_cpu(make_cfg, tiny_data, tmp_path):
     """SOLVER.AMP.PRECISION bfloat16: autocast on CPU too (no gradient scaler), finite losses."""
+    # One iteration: bfloat16 matmuls are emulated on CPUs without native support (~15 s each here).
     cfg = make_cfg(MASK_RCNN, [*TINY_OPTS, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bfloat16",
-                               "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+                               "SOLVER.MAX_ITER", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
                                "DATASETS.TRAIN", "('engine_tiny_train',)", "DATASETS.TEST", "()",
                                "OUTPUT_DIR", str(tmp_path)])
     trainer = Trainer(cfg)
@@ -572,7 +573,7 @@ def test_bfloat16_amp_trains_mask_rcnn_on_cpu(make_cfg, tiny_data, tmp_path):
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = training_metrics(tmp_path)
-    assert [m["iteration"] for m in losses] == [0, 1]
+    assert [m["iteration"] for m in losses] == [0]
     assert all(np.isfinite(m[k]) for m in losses for k in ("loss_mask", "total_loss"))
 
 
