@@ -64,6 +64,16 @@ def supported_meta_architectures() -> Tuple[str, ...]:
     return ("DenseCLIPRetinaNet", "DenseCLIPRCNN", "DenseCLIPSemanticSegmentor")
 
 
+def check_exportable(cfg: CfgNode) -> str:
+    """MODEL.META_ARCHITECTURE, if this exporter handles it; else an error naming the choices."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in supported_meta_architectures():
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE '{arch}' cannot be exported: expected one of {supported_meta_architectures()}"
+        )
+    return arch
+
+
 def max_image_side(cfg: CfgNode, size_divisibility: int = 32) -> int:
     """The largest padded image side the exported graph accepts."""
     if cfg.MODEL.CLIP.POS_EMBED_MODE == "grid_crop":
@@ -73,11 +83,7 @@ def max_image_side(cfg: CfgNode, size_divisibility: int = 32) -> int:
 
 def build_graph_specs(model: nn.Module, cfg: CfgNode) -> List[GraphSpec]:
     """The graphs of ``model`` (eval mode) with example inputs on its device."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in supported_meta_architectures():
-        raise ValueError(
-            f"MODEL.META_ARCHITECTURE '{arch}' cannot be exported: expected one of {supported_meta_architectures()}"
-        )
+    arch = check_exportable(cfg)
     divisor = model.backbone.size_divisibility
     units = max_image_side(cfg, divisor) // divisor
     height, width = torch.export.Dim("height", min=MIN_SIDE_UNITS, max=units), torch.export.Dim("width", min=MIN_SIDE_UNITS, max=units)
@@ -150,9 +156,7 @@ def export_model(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = "on
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {FORMATS}, got '{fmt}'")
-    if cfg.MODEL.META_ARCHITECTURE not in supported_meta_architectures():
-        raise ValueError(f"MODEL.META_ARCHITECTURE '{cfg.MODEL.META_ARCHITECTURE}' cannot be exported: expected one "
-                         f"of {supported_meta_architectures()}")
+    check_exportable(cfg)
     text_tower_in_graph = model.text_side.prompting == "pre"
     if text_tower_in_graph and fmt != "onnx":
         raise ValueError(
