@@ -54,28 +54,29 @@ class Row:
     opts: Tuple[str, ...] = field(default=())
 
 
-DET_BASELINE = "configs/Synthetic/mask_rcnn_clip_RN-tiny_FPN_shapes.yaml"
-DET_DENSECLIP = "configs/Synthetic/mask_rcnn_denseclip_stock_RN-tiny_FPN_shapes.yaml"
-SEG_BASELINE = "configs/Synthetic/semantic_fpn_clip_RN-tiny_shapes.yaml"
-SEG_DENSECLIP = "configs/Synthetic/semantic_fpn_denseclip_RN-tiny_shapes.yaml"
+# Per task: the CLIP baseline's config and DenseCLIP's (same architecture otherwise).
+CONFIGS: Dict[str, Tuple[str, str]] = {
+    "detection": ("configs/Synthetic/mask_rcnn_clip_RN-tiny_FPN_shapes.yaml",
+                  "configs/Synthetic/mask_rcnn_denseclip_stock_RN-tiny_FPN_shapes.yaml"),
+    "semseg": ("configs/Synthetic/semantic_fpn_clip_RN-tiny_shapes.yaml",
+               "configs/Synthetic/semantic_fpn_denseclip_RN-tiny_shapes.yaml"),
+}
 NO_CONTEXT_DECODER = ("MODEL.DENSECLIP.CONTEXT_DECODER.ENABLED", "False")  # = MODEL.DENSECLIP.PROMPTING "none"
 PRE_MODEL_PROMPTING = ("MODEL.DENSECLIP.PROMPTING", "pre")
 
+# The same five rows for each task, in this order.
 ROWS: List[Row] = [
-    Row("detection", "clip_random", "CLIP baseline, random init", DET_BASELINE, False),
-    Row("detection", "clip_small", "CLIP baseline, small-CLIP init", DET_BASELINE, True),
-    Row("detection", "denseclip_small", "DenseCLIP, small-CLIP init", DET_DENSECLIP, True),
-    Row("detection", "denseclip_small_no_ctx", "DenseCLIP without context decoder, small-CLIP init", DET_DENSECLIP,
-        True, NO_CONTEXT_DECODER),
-    Row("detection", "denseclip_small_pre", "DenseCLIP with pre-model prompting, small-CLIP init", DET_DENSECLIP,
-        True, PRE_MODEL_PROMPTING),
-    Row("semseg", "clip_random", "CLIP baseline, random init", SEG_BASELINE, False),
-    Row("semseg", "clip_small", "CLIP baseline, small-CLIP init", SEG_BASELINE, True),
-    Row("semseg", "denseclip_small", "DenseCLIP, small-CLIP init", SEG_DENSECLIP, True),
-    Row("semseg", "denseclip_small_no_ctx", "DenseCLIP without context decoder, small-CLIP init", SEG_DENSECLIP,
-        True, NO_CONTEXT_DECODER),
-    Row("semseg", "denseclip_small_pre", "DenseCLIP with pre-model prompting, small-CLIP init", SEG_DENSECLIP,
-        True, PRE_MODEL_PROMPTING),
+    row
+    for task, (baseline, denseclip) in CONFIGS.items()
+    for row in (
+        Row(task, "clip_random", "CLIP baseline, random init", baseline, False),
+        Row(task, "clip_small", "CLIP baseline, small-CLIP init", baseline, True),
+        Row(task, "denseclip_small", "DenseCLIP, small-CLIP init", denseclip, True),
+        Row(task, "denseclip_small_no_ctx", "DenseCLIP without context decoder, small-CLIP init", denseclip,
+            True, NO_CONTEXT_DECODER),
+        Row(task, "denseclip_small_pre", "DenseCLIP with pre-model prompting, small-CLIP init", denseclip,
+            True, PRE_MODEL_PROMPTING),
+    )
 ]
 
 
