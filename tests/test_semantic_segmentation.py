@@ -133,6 +133,21 @@ def test_sliding_windows_clip_at_the_border_without_padding():
     assert covered.min() >= 1
 
 
+def test_the_torch_free_runner_slides_the_same_windows():
+    """tools/deploy/onnx_infer.py keeps its own copy of sliding_windows (it may import neither torch
+    nor this package): the two must give the same windows."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "deploy" / "onnx_infer.py"
+    spec = importlib.util.spec_from_file_location("onnx_infer_windows", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    for height, width in ((100, 700), (600, 900), (512, 512), (513, 1), (64, 96), (1000, 333)):
+        for crop, stride in (((512, 512), (341, 341)), ((64, 64), (40, 40)), ((640, 640), (426, 426)), ((64, 96), (64, 96))):
+            assert runner.sliding_windows(height, width, crop, stride) == sliding_windows(height, width, crop, stride)
+
+
 def test_slide_equals_whole_when_the_window_covers_the_image(tiny_model):
     model = tiny_model.eval()
     inputs = [{"image": torch.rand(3, 64, 96) * 255}]
