@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
+from ..checkpoint import atomic_write
 from ..clip_loading import file_sha256, load_clip_weights
 from ..data.synthetic_captions import object_crops
 from ..data.synthetic_classes import SYNTHETIC_GRID_CLASSES
@@ -62,13 +62,6 @@ def evaluate_checkpoint(checkpoint: str, settings: SmallCLIPSettings) -> ZeroSho
     return zero_shot_accuracy(model, settings.model_name, crops, SYNTHETIC_GRID_CLASSES)
 
 
-def _save_atomically(state_dict: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    torch.save(state_dict, tmp)
-    os.replace(tmp, path)
-
-
 def build_or_reuse_small_clip(
     checkpoint: str = DEFAULT_SMALL_CLIP_PATH,
     settings: SmallCLIPSettings = SmallCLIPSettings(),
@@ -87,7 +80,9 @@ def build_or_reuse_small_clip(
         images, tokens, _ = make_training_pairs(settings)
         log(f"pretraining {settings.model_name} with open_clip's ClipLoss for {settings.steps} steps")
         model, losses = pretrain(settings, images, tokens, log=log)
-        _save_atomically(model.state_dict(), checkpoint)
+        os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
+        state_dict = model.state_dict()
+        atomic_write(checkpoint, lambda f: torch.save(state_dict, f))
         manifest = {
             "settings": _key(settings),
             "sha256": file_sha256(checkpoint),
